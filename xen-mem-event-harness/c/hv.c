@@ -1,0 +1,222 @@
+/*
+ * The hypervisor side of the harness: what xen/common/mem_event.c does
+ * around the ring core (lock, vCPU pause bookkeeping, the response loop),
+ * in userspace.  The ring core itself, xen/common/mem_event_ring.c of the
+ * patched tree, is compiled unchanged next to this file.
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <xen/mem_event_ring.h>
+
+struct hv_ring {
+    pthread_mutex_t lock;
+    struct mem_event_ring_core core;
+    void *mem;
+    size_t len;
+    uint64_t *outstanding;
+    unsigned int max_vcpus;
+    unsigned int *pause_count;   /* emulated vcpu->pause_count */
+};
+
+struct hv_stats {
+    uint64_t produced, consumed, lost, bad_responses, notifications;
+    uint32_t paused, broken;
+    uint32_t req_prod, rsp_cons;
+};
+
+int hv_sanitized(void)
+{
+#if defined(__SANITIZE_ADDRESS__)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+unsigned int hv_total_frames(unsigned int type, unsigned int nr_frames)
+{
+    return mem_event_ring_total_frames(type, nr_frames);
+}
+
+struct hv_ring *hv_ring_new(unsigned int type, unsigned int nr_frames,
+                            unsigned int max_vcpus, uint16_t domid,
+                            uint32_t batch, int *err)
+{
+    unsigned int total = mem_event_ring_total_frames(type, nr_frames);
+    struct hv_ring *r;
+    int rc;
+
+    *err = -EINVAL;
+    if ( !total )
+        return NULL;
+
+    *err = -ENOMEM;
+    r = calloc(1, sizeof(*r));
+    if ( !r )
+        return NULL;
+    r->len = (size_t)total * XEN_MEM_EVENT_FRAME_SIZE;
+    if ( posix_memalign(&r->mem, XEN_MEM_EVENT_FRAME_SIZE, r->len) )
+        goto fail;
+    memset(r->mem, 0, r->len);
+    r->max_vcpus = max_vcpus;
+    r->outstanding = calloc(max_vcpus ? max_vcpus : 1, sizeof(uint64_t));
+    r->pause_count = calloc(max_vcpus ? max_vcpus : 1, sizeof(unsigned int));
+    if ( !r->outstanding || !r->pause_count )
+        goto fail;
+    pthread_mutex_init(&r->lock, NULL);
+
+    rc = mem_event_ring_init(&r->core, r->mem, type, nr_frames, max_vcpus,
+                             domid, batch,
+                             mem_event_ring_type_sync(type) ? r->outstanding
+                                                            : NULL);
+    if ( rc )
+    {
+        *err = rc;
+        goto fail;
+    }
+    *err = 0;
+    return r;
+
+ fail:
+    free(r->mem);
+    free(r->outstanding);
+    free(r->pause_count);
+    free(r);
+    return NULL;
+}
+
+void hv_ring_free(struct hv_ring *r)
+{
+    if ( !r )
+        return;
+    pthread_mutex_destroy(&r->lock);
+    free(r->mem);
+    free(r->outstanding);
+    free(r->pause_count);
+    free(r);
+}
+
+void *hv_ring_base(struct hv_ring *r) { return r->mem; }
+size_t hv_ring_len(struct hv_ring *r) { return r->len; }
+
+/* mem_event_sharing_oom(): post, and pause the vCPU if it is our own. */
+int hv_ring_raise_oom(struct hv_ring *r, unsigned int vcpu, int foreign,
+                      uint64_t gfn, uint16_t domid, uint64_t *id)
+{
+    int rc;
+
+    pthread_mutex_lock(&r->lock);
+    rc = mem_event_ring_put_sync(&r->core, vcpu, foreign, gfn, domid,
+                                 XEN_MEM_EVENT_OOM_UNSHARE, id);
+    if ( !rc && !foreign )
+        r->pause_count[vcpu]++;
+    pthread_mutex_unlock(&r->lock);
+
+    return rc;
+}
+
+/* mem_event_sharing_invalidate(): returns whether to notify. */
+int hv_ring_put_async(struct hv_ring *r, uint64_t handle, uint64_t gfn,
+                      uint16_t domid, uint16_t reason, uint32_t flags)
+{
+    bool notify;
+
+    pthread_mutex_lock(&r->lock);
+    notify = mem_event_ring_put_async(&r->core, handle, gfn, domid, reason,
+                                      flags);
+    pthread_mutex_unlock(&r->lock);
+
+    return notify;
+}
+
+/*
+ * ring_resume(): what the event channel notification does.  Unpaused vCPU
+ * ids go to @unpaused (room for @max), their number is returned.
+ */
+int hv_ring_resume(struct hv_ring *r, unsigned int *unpaused,
+                   unsigned int max)
+{
+    unsigned int budget, vcpu, n = 0;
+
+    pthread_mutex_lock(&r->lock);
+    if ( !r->core.sync )
+        mem_event_ring_update_cons(&r->core);
+    else
+        for ( budget = r->core.nr_slots; budget; budget-- )
+        {
+            int rc = mem_event_ring_get_response(&r->core, &vcpu);
+
+            if ( rc == 0 || rc == -EIO )
+                break;
+            if ( rc == 1 )
+            {
+                /* vcpu < max_vcpus is the ring core's guarantee. */
+                r->pause_count[vcpu]--;
+                if ( n < max )
+                    unpaused[n] = vcpu;
+                n++;
+            }
+        }
+    pthread_mutex_unlock(&r->lock);
+
+    return n;
+}
+
+/* ring_destroy(): release every vCPU the ring paused. */
+unsigned int hv_ring_teardown(struct hv_ring *r)
+{
+    unsigned int i, n = 0;
+
+    pthread_mutex_lock(&r->lock);
+    for ( i = 0; r->core.sync && i < r->core.max_vcpus; i++ )
+        if ( mem_event_ring_cancel(&r->core, i) )
+        {
+            r->pause_count[i]--;
+            n++;
+        }
+    pthread_mutex_unlock(&r->lock);
+
+    return n;
+}
+
+unsigned int hv_vcpu_pause_count(struct hv_ring *r, unsigned int vcpu)
+{
+    unsigned int c;
+
+    if ( vcpu >= r->max_vcpus )
+        return 0;
+    pthread_mutex_lock(&r->lock);
+    c = r->pause_count[vcpu];
+    pthread_mutex_unlock(&r->lock);
+
+    return c;
+}
+
+void hv_ring_stats(struct hv_ring *r, struct hv_stats *s)
+{
+    pthread_mutex_lock(&r->lock);
+    s->produced = r->core.stats.produced;
+    s->consumed = r->core.stats.consumed;
+    s->lost = r->core.stats.lost;
+    s->bad_responses = r->core.stats.bad_responses;
+    s->notifications = r->core.stats.notifications;
+    s->paused = r->core.paused;
+    s->broken = r->core.broken;
+    s->req_prod = r->core.req_prod;
+    s->rsp_cons = r->core.rsp_cons;
+    pthread_mutex_unlock(&r->lock);
+}
+
+/*
+ * Start all indices at @start instead of 0, to exercise wraparound.  Only
+ * valid on a fresh ring; the consumer reads the shared indices.
+ */
+void hv_ring_set_start(struct hv_ring *r, uint32_t start)
+{
+    pthread_mutex_lock(&r->lock);
+    r->core.req_prod = r->core.req_cons = r->core.rsp_cons = start;
+    r->core.page->req_prod = r->core.page->req_cons = start;
+    r->core.page->rsp_prod = r->core.page->rsp_cons = start;
+    r->core.page->req_event += start;
+    pthread_mutex_unlock(&r->lock);
+}
