@@ -25,8 +25,14 @@ fn main() {
     println!("cargo:rerun-if-env-changed=XEN_MEM_EVENT_XEN_TREE");
     println!("cargo:rerun-if-env-changed=XME_HARNESS_SANITIZE");
     println!("cargo:rerun-if-changed={}", core.display());
-    println!("cargo:rerun-if-changed={}", tree.join("xen/include/xen/mem_event_ring.h").display());
-    println!("cargo:rerun-if-changed={}", tree.join("xen/include/public/mem_event.h").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        tree.join("xen/include/xen/mem_event_ring.h").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        tree.join("xen/include/public/mem_event.h").display()
+    );
     println!("cargo:rerun-if-changed=c");
     println!("cargo:rustc-check-cfg=cfg(harness_sanitized)");
 

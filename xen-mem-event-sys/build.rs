@@ -315,6 +315,9 @@ fn generate_abi(manifest_dir: &Path, include_dir: &Path, public: &Path) -> Resul
         .allowlist_var("XEN_DOMCTL_(mem_event_ring|INTERFACE_VERSION)")
         .allowlist_var("XENMEM_resource_.*")
         .allowlist_var("__HYPERVISOR_domctl")
+        // Domain state for the tools (getdomaininfo flags, crash).
+        .allowlist_var("XEN_DOMINF_.*")
+        .allowlist_var("SHUTDOWN_crash")
         .generate()
         .map_err(|e| format!("bindgen failed on the patched public headers: {e}"))?;
 
@@ -354,7 +357,7 @@ fn generate_libs(
         .parse_callbacks(callbacks)
         // libxenctrl: just enough to find and size a domain.
         .allowlist_function("xc_interface_(open|close)")
-        .allowlist_function("xc_domain_(getinfo|getinfolist|setmaxmem|pause|unpause)")
+        .allowlist_function("xc_domain_(getinfo|getinfolist|setmaxmem|pause|unpause|shutdown)")
         .allowlist_type("xc_dominfo_t|xc_domaininfo_t")
         .allowlist_type("xc_open_flags")
         // libxenevtchn

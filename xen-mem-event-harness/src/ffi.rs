@@ -45,8 +45,14 @@ extern "C" {
         domid: u16,
         id: *mut u64,
     ) -> c_int;
-    pub fn hv_ring_put_async(r: *mut HvRingC, handle: u64, gfn: u64, domid: u16, reason: u16, flags: u32)
-        -> c_int;
+    pub fn hv_ring_put_async(
+        r: *mut HvRingC,
+        handle: u64,
+        gfn: u64,
+        domid: u16,
+        reason: u16,
+        flags: u32,
+    ) -> c_int;
     pub fn hv_ring_resume(r: *mut HvRingC, unpaused: *mut c_uint, max: c_uint) -> c_int;
     pub fn hv_ring_teardown(r: *mut HvRingC) -> c_uint;
     pub fn hv_vcpu_pause_count(r: *mut HvRingC, vcpu: c_uint) -> c_uint;

@@ -12,6 +12,7 @@
 
 #![allow(unsafe_code)]
 
+pub mod backend;
 mod ffi;
 
 use std::io;
@@ -20,6 +21,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+pub use backend::{HarnessBackend, HarnessRing};
 pub use ffi::HvStats as Stats;
 
 /// Event type numbers of `public/mem_event.h`.
@@ -43,6 +45,7 @@ pub fn total_frames(ty: u32, nr_frames: u32) -> u32 {
 #[derive(Debug)]
 pub struct HvRing {
     ring: NonNull<ffi::HvRingC>,
+    domid: u16,
 }
 
 // SAFETY: every entry point of hv.c takes the ring's mutex, as the
@@ -55,11 +58,19 @@ unsafe impl Sync for HvRing {}
 impl HvRing {
     /// `mem_event_ring_init()` on fresh page-aligned, zeroed memory.
     /// Errors are the ring core's negative errno values.
-    pub fn new(ty: u32, nr_frames: u32, max_vcpus: u32, domid: u16, batch: u32) -> Result<Self, i32> {
+    pub fn new(
+        ty: u32,
+        nr_frames: u32,
+        max_vcpus: u32,
+        domid: u16,
+        batch: u32,
+    ) -> Result<Self, i32> {
         let mut err = 0;
         // SAFETY: `err` is a valid out-pointer; the result is owned by us.
         let ptr = unsafe { ffi::hv_ring_new(ty, nr_frames, max_vcpus, domid, batch, &mut err) };
-        NonNull::new(ptr).map(|ring| HvRing { ring }).ok_or(err)
+        NonNull::new(ptr)
+            .map(|ring| HvRing { ring, domid })
+            .ok_or(err)
     }
 
     /// Start of the shared frames.
@@ -72,6 +83,16 @@ impl HvRing {
     pub fn len(&self) -> usize {
         // SAFETY: `self.ring` is live until drop.
         unsafe { ffi::hv_ring_len(self.ring.as_ptr()) }
+    }
+
+    /// Slots per array.
+    pub fn stats_slots(&self) -> u32 {
+        // nr_slots is the third u32 of the ring page (constant after init).
+        let page = self.base().cast::<u32>();
+        // SAFETY: the ring page is at least 320 bytes and 4-byte aligned;
+        // the field is written once by mem_event_ring_init() before we
+        // return from new().
+        unsafe { page.wrapping_add(2).read_volatile() }
     }
 
     /// Never true; for clippy.
@@ -95,7 +116,14 @@ impl HvRing {
         let mut id = 0;
         // SAFETY: `self.ring` is live, `id` a valid out-pointer.
         let rc = unsafe {
-            ffi::hv_ring_raise_oom(self.ring.as_ptr(), vcpu, i32::from(foreign), gfn, 1, &mut id)
+            ffi::hv_ring_raise_oom(
+                self.ring.as_ptr(),
+                vcpu,
+                i32::from(foreign),
+                gfn,
+                self.domid,
+                &mut id,
+            )
         };
         match rc {
             0 => Ok(id),
@@ -105,9 +133,18 @@ impl HvRing {
     }
 
     /// Post an invalidate record; returns whether Xen would notify.
-    pub fn put_invalidate(&self, handle: u64, gfn: u64, domid: u16, reason: u16, flags: u32) -> bool {
+    pub fn put_invalidate(
+        &self,
+        handle: u64,
+        gfn: u64,
+        domid: u16,
+        reason: u16,
+        flags: u32,
+    ) -> bool {
         // SAFETY: `self.ring` is live.
-        unsafe { ffi::hv_ring_put_async(self.ring.as_ptr(), handle, gfn, domid, reason, flags) != 0 }
+        unsafe {
+            ffi::hv_ring_put_async(self.ring.as_ptr(), handle, gfn, domid, reason, flags) != 0
+        }
     }
 
     /// What the event channel notification from the consumer does: process
@@ -173,7 +210,10 @@ impl Doorbell {
         }
         // SAFETY: `fd` is a fresh descriptor that we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Doorbell { fd, kicks: AtomicU64::new(0) })
+        Ok(Doorbell {
+            fd,
+            kicks: AtomicU64::new(0),
+        })
     }
 
     /// Ring it.
@@ -192,7 +232,11 @@ impl Doorbell {
     /// Wait for a ring (or `timeout`); returns whether one came.
     pub fn wait(&self, timeout: Option<Duration>) -> io::Result<bool> {
         let ms = timeout.map_or(-1, |t| i32::try_from(t.as_millis()).unwrap_or(i32::MAX));
-        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         loop {
             // SAFETY: one valid pollfd.
             let rc = unsafe { libc::poll(&mut pfd, 1, ms) };

@@ -28,12 +28,12 @@ impl Raw<'_> {
     fn u32(&self, off: usize) -> &AtomicU32 {
         assert!(off + 4 <= self.ring.len() && off % 4 == 0);
         // SAFETY: in bounds, aligned, and the mapping outlives `self`.
-        unsafe { AtomicU32::from_ptr(self.ring.base().add(off).cast()) }
+        unsafe { AtomicU32::from_ptr(self.ring.base().wrapping_add(off).cast()) }
     }
     fn u64(&self, off: usize) -> &AtomicU64 {
         assert!(off + 8 <= self.ring.len() && off % 8 == 0);
         // SAFETY: as above.
-        unsafe { AtomicU64::from_ptr(self.ring.base().add(off).cast()) }
+        unsafe { AtomicU64::from_ptr(self.ring.base().wrapping_add(off).cast()) }
     }
     fn get(&self, off: usize) -> u32 {
         self.u32(off).load(Ordering::Acquire)
@@ -69,7 +69,16 @@ impl Raw<'_> {
     fn respond(&self, id: u64, vcpu: u32, flags: u32, pad: [u64; 2]) {
         let prod = self.get(RSP_PROD);
         let rsp_off = self.get(16) as usize;
-        self.write_record(rsp_off, prod, [id, u64::from(vcpu) | (u64::from(flags) << 32), pad[0], pad[1]]);
+        self.write_record(
+            rsp_off,
+            prod,
+            [
+                id,
+                u64::from(vcpu) | (u64::from(flags) << 32),
+                pad[0],
+                pad[1],
+            ],
+        );
         self.set(RSP_PROD, prod.wrapping_add(1));
     }
 }
@@ -90,9 +99,18 @@ fn frames_and_validation() {
     assert_eq!(total_frames(SHARING_INVALIDATE, 128), 0, "over the cap");
     assert_eq!(total_frames(SHARING_INVALIDATE, 0), 0);
     assert_eq!(total_frames(2, 1), 0, "unknown type");
-    assert_eq!(HvRing::new(SHARING_OOM, 1, 129, 1, 0).unwrap_err(), -libc::ENOSPC);
-    assert_eq!(HvRing::new(SHARING_OOM, 1, 0, 1, 0).unwrap_err(), -libc::ENOSPC);
-    assert_eq!(HvRing::new(SHARING_INVALIDATE, 5, 1, 1, 0).unwrap_err(), -libc::EINVAL);
+    assert_eq!(
+        HvRing::new(SHARING_OOM, 1, 129, 1, 0).unwrap_err(),
+        -libc::ENOSPC
+    );
+    assert_eq!(
+        HvRing::new(SHARING_OOM, 1, 0, 1, 0).unwrap_err(),
+        -libc::ENOSPC
+    );
+    assert_eq!(
+        HvRing::new(SHARING_INVALIDATE, 5, 1, 1, 0).unwrap_err(),
+        -libc::EINVAL
+    );
     let r = HvRing::new(SHARING_OOM, 2, 4, 7, 0).unwrap();
     let raw = Raw { ring: &r };
     assert_eq!(r.len(), 5 * 4096);
@@ -108,7 +126,9 @@ fn frames_and_validation() {
 fn out_of_order_responses_unpause_exactly_their_vcpu() {
     let r = HvRing::new(SHARING_OOM, 1, 8, 1, 0).unwrap();
     let raw = Raw { ring: &r };
-    let ids: Vec<u64> = (0..8).map(|v| r.raise_oom(v, 0x1000 + u64::from(v)).unwrap()).collect();
+    let ids: Vec<u64> = (0..8)
+        .map(|v| r.raise_oom(v, 0x1000 + u64::from(v)).unwrap())
+        .collect();
     let mut uniq = ids.clone();
     uniq.sort_unstable();
     uniq.dedup();
@@ -118,10 +138,10 @@ fn out_of_order_responses_unpause_exactly_their_vcpu() {
 
     let reqs = raw.take();
     assert_eq!(reqs.len(), 8);
-    for (v, req) in reqs.iter().enumerate() {
-        assert_eq!(req[0], ids[v]);
-        assert_eq!(req[1], 0x1000 + v as u64);
-        assert_eq!(vcpu_of(req), v as u32);
+    for (v, req) in (0u32..).zip(&reqs) {
+        assert_eq!(req[0], ids[v as usize]);
+        assert_eq!(req[1], 0x1000 + u64::from(v));
+        assert_eq!(vcpu_of(req), v);
         assert_eq!(flags_of(req), PAUSED);
         assert_eq!(req[3] & 0xffff, 1, "domid");
         assert_eq!((req[3] >> 16) & 0xffff, 1, "reason OOM_UNSHARE");
@@ -140,7 +160,10 @@ fn out_of_order_responses_unpause_exactly_their_vcpu() {
     assert_eq!(r.resume(), vec![0, 6, 2, 4]);
     assert!((0..8).all(|v| r.pause_count(v) == 0));
     let s = r.stats();
-    assert_eq!((s.produced, s.consumed, s.bad_responses, s.paused), (8, 8, 0, 0));
+    assert_eq!(
+        (s.produced, s.consumed, s.bad_responses, s.paused),
+        (8, 8, 0, 0)
+    );
 }
 
 #[test]
@@ -163,7 +186,11 @@ fn bad_responses_are_dropped_and_counted() {
     let s = r.stats();
     assert_eq!(s.bad_responses, 8);
     assert_eq!(s.consumed, 1);
-    assert_eq!((r.pause_count(0), r.pause_count(1)), (0, 1), "only vCPU 0 was released");
+    assert_eq!(
+        (r.pause_count(0), r.pause_count(1)),
+        (0, 1),
+        "only vCPU 0 was released"
+    );
     assert_eq!(s.broken, 0, "bad responses do not break the ring");
     raw.respond(b, 1, 0, [0, 0]);
     assert_eq!(r.resume(), vec![1]);
@@ -184,15 +211,28 @@ fn every_vcpu_finds_a_slot_foreign_requests_do_not_take_them() {
     }
     assert_eq!(foreign_ok, 28);
     for v in 0..100 {
-        assert_ne!(r.raise_oom(v, u64::from(v)).unwrap(), 0, "vCPU {v} found no slot");
+        assert_ne!(
+            r.raise_oom(v, u64::from(v)).unwrap(),
+            0,
+            "vCPU {v} found no slot"
+        );
     }
-    assert_eq!(r.raise_oom(5, 5), Ok(0), "second fault of a paused vCPU: -EEXIST, no new request");
+    assert_eq!(
+        r.raise_oom(5, 5),
+        Ok(0),
+        "second fault of a paused vCPU: -EEXIST, no new request"
+    );
     let s = r.stats();
     assert_eq!(s.produced, 128);
     // Every refused foreign request was attempted twice above.
     assert_eq!(s.lost, 2 * (200 - 28));
     let reqs = raw.take();
-    assert_eq!(reqs.iter().filter(|q| flags_of(q) == FOREIGN && q[0] == 0).count(), 28);
+    assert_eq!(
+        reqs.iter()
+            .filter(|q| flags_of(q) == FOREIGN && q[0] == 0)
+            .count(),
+        28
+    );
     assert_eq!(reqs.iter().filter(|q| flags_of(q) == PAUSED).count(), 100);
     assert_eq!(s.paused, 100);
 }
@@ -215,7 +255,10 @@ fn wraparound_of_every_index() {
             assert_eq!(r.resume(), vec![3, 2, 1, 0]);
         }
         let s = r.stats();
-        assert_eq!((s.produced, s.consumed, s.bad_responses, s.broken), (1200, 1200, 0, 0));
+        assert_eq!(
+            (s.produced, s.consumed, s.bad_responses, s.broken),
+            (1200, 1200, 0, 0)
+        );
         assert_eq!(s.req_prod, start.wrapping_add(1200));
 
         let a = HvRing::new(SHARING_INVALIDATE, 1, 1, 1, 1).unwrap();
@@ -247,7 +290,11 @@ fn async_loss_is_counted_exactly() {
     }
     let s = r.stats();
     assert_eq!((s.produced, s.lost), (128, 872));
-    assert_eq!(raw.u64(LOST).load(Ordering::Acquire), 872, "shared lost counter");
+    assert_eq!(
+        raw.u64(LOST).load(Ordering::Acquire),
+        872,
+        "shared lost counter"
+    );
     let first = raw.take();
     assert_eq!(first.len(), 128);
     assert!(first.iter().enumerate().all(|(i, rec)| rec[0] == i as u64));

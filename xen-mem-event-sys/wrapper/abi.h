@@ -18,3 +18,4 @@
 #include <xen/memory.h>
 #include <xen/mem_event.h>
 #include <xen/event_channel.h>
+#include <xen/sched.h>

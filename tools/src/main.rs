@@ -1,0 +1,443 @@
+//! `xen-mem-event`: attach one consumer to one mem-event ring of one domain.
+//!
+//! Exit codes: 0 success, 1 runtime error, 2 usage error.
+
+use std::io;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::json;
+use xen_mem_event::domain::Domains;
+use xen_mem_event::{AsyncRing, Backend, Error, EventType, Ring, SyncRing, XenBackend};
+use xen_mem_event_tools::output::{Format, Out};
+use xen_mem_event_tools::pager::{
+    self, CommandPolicy, MaxMemStep, MemControl, OnFailure, PagerOpts, Policy,
+};
+use xen_mem_event_tools::stop::Stop;
+use xen_mem_event_tools::{status, watch, ToolError};
+
+const EXAMPLES: &str = "\
+Examples:
+  xen-mem-event status                      rings of every domain
+  xen-mem-event status --domain guest1 --json
+  xen-mem-event pager --domain 3 --step 4096 --limit 262144
+  xen-mem-event pager --domain 3 --exec /usr/local/sbin/free-memory
+  xen-mem-event watch --domain 3 --batch 256 --write-handles /run/stale-handles
+  xen-mem-event unregister --domain 3 --type oom     (recovery)
+  xen-mem-event register --domain 3 --type invalidate --takeover";
+
+/// Per-event-type memory event rings of Xen, from dom0.
+///
+/// Every event type of a domain has a ring of its own, with its own
+/// consumer: the OOM pager and the invalidate watcher are separate
+/// processes that never wait on each other.  Needs a hypervisor with the
+/// xen-mem-event series, and root in dom0.
+#[derive(Debug, Parser)]
+#[command(name = "xen-mem-event", version, after_help = EXAMPLES)]
+struct Cli {
+    /// Print JSON Lines (one object per line) instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Show the rings registered for one domain or all domains.
+    ///
+    /// For each ring: type, consumer domain, frames, slots, and the
+    /// counters Xen keeps (produced, consumed, lost, bad responses,
+    /// notifications, vCPUs paused now) and its state.
+    Status {
+        /// Domain id or name (default: every domain).
+        #[arg(long, short)]
+        domain: Option<String>,
+    },
+    /// Attach to the SHARING_OOM ring and free memory for each event.
+    ///
+    /// For each OOM event (a vCPU paused because unsharing a page found no
+    /// memory) the policy frees memory, then the pager answers, which
+    /// wakes the vCPU.  If the policy fails, the request stays pending and
+    /// is retried with backoff (the vCPU stays paused, the guest is not
+    /// crashed) unless --on-failure says otherwise.  Ctrl-C answers what
+    /// is pending, unregisters and exits; a second Ctrl-C exits at once.
+    Pager(PagerArgs),
+    /// Attach to the SHARING_INVALIDATE ring and report invalidations.
+    ///
+    /// Consumes records in batches (one notification per --batch records),
+    /// prints a summary line per interval (or every record with
+    /// --records), reports how many records Xen dropped because the ring
+    /// was full, and keeps the set of handles seen invalidated.
+    Watch(WatchArgs),
+    /// Register a ring and leave it registered (scripts, recovery).
+    ///
+    /// With --takeover, replace a consumer that is still registered (e.g.
+    /// a process that died): the vCPUs it paused are released and their
+    /// faults raised again on the new ring.
+    Register {
+        #[command(flatten)]
+        target: Target,
+        /// Data frames per array (power of two, 1-64).
+        #[arg(long, default_value_t = 1)]
+        frames: u32,
+        /// Async rings: records per notification.
+        #[arg(long, default_value_t = 0)]
+        batch: u32,
+        /// Take the ring over from its current consumer.
+        #[arg(long)]
+        takeover: bool,
+    },
+    /// Tear a ring down, whoever its consumer (recovery).
+    ///
+    /// Every vCPU the ring paused is released.
+    Unregister {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, Args)]
+struct Target {
+    /// Domain id or name.
+    #[arg(long, short)]
+    domain: String,
+    /// The ring.
+    #[arg(long = "type", short = 't', value_enum)]
+    ty: TypeArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TypeArg {
+    /// SHARING_OOM (synchronous).
+    Oom,
+    /// SHARING_INVALIDATE (asynchronous).
+    Invalidate,
+}
+
+impl From<TypeArg> for EventType {
+    fn from(t: TypeArg) -> EventType {
+        match t {
+            TypeArg::Oom => EventType::SharingOom,
+            TypeArg::Invalidate => EventType::SharingInvalidate,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct PagerArgs {
+    /// Domain id or name.
+    #[arg(long, short)]
+    domain: String,
+    /// Raise the domain's allowance by this many KiB per event...
+    #[arg(long, default_value_t = 1024, conflicts_with = "exec")]
+    step: u64,
+    /// ...up to this many KiB (default: the allowance at start + 256 MiB).
+    #[arg(long, conflicts_with = "exec")]
+    limit: Option<u64>,
+    /// Instead, run this command per event (XME_DOMID, XME_VCPU, XME_GFN
+    /// and XME_ID in its environment); answer when it succeeds.
+    #[arg(long, num_args = 1.., value_name = "CMD")]
+    exec: Option<Vec<String>>,
+    /// When memory cannot be freed: keep retrying (the vCPU stays paused),
+    /// answer anyway, or crash the domain.
+    #[arg(long, value_enum, default_value_t = FailureArg::Retry)]
+    on_failure: FailureArg,
+    /// Data frames per array of the ring.
+    #[arg(long, default_value_t = 1)]
+    frames: u32,
+    /// Take the ring over from a consumer that is still registered.
+    #[arg(long)]
+    takeover: bool,
+    /// Exit after answering this many events.
+    #[arg(long, default_value_t = 0)]
+    count: u64,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FailureArg {
+    Retry,
+    Resume,
+    Crash,
+}
+
+#[derive(Debug, Args)]
+struct WatchArgs {
+    /// Domain id or name.
+    #[arg(long, short)]
+    domain: String,
+    /// Records per notification.
+    #[arg(long, default_value_t = 64)]
+    batch: u32,
+    /// Data frames of the ring (power of two, 1-64; 128 records a frame).
+    #[arg(long, default_value_t = 4)]
+    frames: u32,
+    /// Print every record instead of a summary per interval.
+    #[arg(long)]
+    records: bool,
+    /// Seconds between summary lines.
+    #[arg(long, default_value_t = 1.0)]
+    interval: f64,
+    /// Write the handles seen invalidated to this file at exit.
+    #[arg(long, value_name = "FILE")]
+    write_handles: Option<PathBuf>,
+    /// Exit after this many records.
+    #[arg(long, default_value_t = 0)]
+    count: u64,
+    /// Exit after this many seconds without records.
+    #[arg(long)]
+    idle_exit: Option<f64>,
+    /// Take the ring over from a consumer that is still registered.
+    #[arg(long)]
+    takeover: bool,
+    /// Consume this many records per second at most (testing slow consumers).
+    #[arg(long, hide = true)]
+    slow: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match try_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xen-mem-event: {}", explain(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn try_main(cli: Cli) -> Result<(), ToolError> {
+    let format = if cli.json {
+        Format::Json
+    } else {
+        Format::Human
+    };
+    let mut out = Out::new(io::stdout().lock(), format);
+    match cli.cmd {
+        Cmd::Status { domain } => cmd_status(domain.as_deref(), &mut out),
+        Cmd::Pager(a) => cmd_pager(a, &mut out),
+        Cmd::Watch(a) => cmd_watch(a, &mut out),
+        Cmd::Register {
+            target,
+            frames,
+            batch,
+            takeover,
+        } => {
+            let xen = XenBackend::open()?;
+            let domid = resolve(&target.domain)?;
+            let ty = EventType::from(target.ty);
+            let ring = Ring::builder(&xen, domid, ty)
+                .frames(frames)
+                .batch(batch)
+                .takeover(takeover)
+                .register()?;
+            let reg = ring.registration();
+            // Leave it registered.  Our event channel closes when we exit,
+            // so the next registration takes the ring over by itself.
+            std::mem::forget(ring);
+            out.emit(
+                &format!("d{domid} {ty}: registered, port {} frames {} slots {}", reg.port, reg.nr_frames, reg.nr_slots),
+                json!({"kind": "registered", "domid": domid, "type": ty.to_string(), "port": reg.port,
+                       "frames": reg.nr_frames, "slots": reg.nr_slots}),
+            )?;
+            Ok(())
+        }
+        Cmd::Unregister { target } => {
+            let xen = XenBackend::open()?;
+            let domid = resolve(&target.domain)?;
+            let ty = EventType::from(target.ty);
+            xen.unregister(domid, ty)?;
+            out.emit(
+                &format!("d{domid} {ty}: unregistered"),
+                json!({"kind": "unregistered", "domid": domid, "type": ty.to_string()}),
+            )?;
+            Ok(())
+        }
+    }
+}
+
+fn cmd_status<W: io::Write>(domain: Option<&str>, out: &mut Out<W>) -> Result<(), ToolError> {
+    let xen = XenBackend::open()?;
+    let domids = match domain {
+        Some(d) => vec![resolve(d)?],
+        None => Domains::open()?
+            .list()?
+            .into_iter()
+            .map(|d| d.domid)
+            .collect(),
+    };
+    let rows = status::collect(&xen, &domids)?;
+    match out.format() {
+        Format::Human if rows.is_empty() => out.note("no mem_event rings registered")?,
+        Format::Human => out.note(status::table(&rows).trim_end())?,
+        Format::Json => {
+            for r in &rows {
+                out.emit("", status::json(r))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+struct XenMem(Domains);
+
+impl MemControl for XenMem {
+    fn max_mem_kib(&self, domid: u16) -> Result<u64, String> {
+        self.0
+            .info(domid)
+            .map(|i| i.max_mem_kib())
+            .map_err(|e| e.to_string())
+    }
+    fn set_max_mem_kib(&self, domid: u16, kib: u64) -> Result<(), String> {
+        self.0
+            .set_max_mem_kib(domid, kib)
+            .map_err(|e| e.to_string())
+    }
+    fn crash(&self, domid: u16) -> Result<(), String> {
+        self.0.crash(domid).map_err(|e| e.to_string())
+    }
+}
+
+fn cmd_pager<W: io::Write>(a: PagerArgs, out: &mut Out<W>) -> Result<(), ToolError> {
+    let xen = XenBackend::open()?;
+    let domid = resolve(&a.domain)?;
+    let mem = XenMem(Domains::open()?);
+    let mut policy: Box<dyn Policy> = match a.exec {
+        Some(argv) => Box::new(CommandPolicy::new(argv)),
+        None => {
+            let start = mem.max_mem_kib(domid).map_err(ToolError::Other)?;
+            let limit = a.limit.unwrap_or(start + 256 * 1024);
+            Box::new(MaxMemStep::new(XenMem(Domains::open()?), a.step, limit))
+        }
+    };
+    let stop = Stop::install()?;
+    let mut ring = SyncRing::builder(&xen, domid)
+        .frames(a.frames)
+        .takeover(a.takeover)
+        .register()?;
+    out.note(&format!(
+        "d{domid} SHARING_OOM: attached ({} slots); Ctrl-C to detach",
+        ring.ring().nr_slots()
+    ))?;
+    let opts = PagerOpts {
+        on_failure: match a.on_failure {
+            FailureArg::Retry => OnFailure::Retry,
+            FailureArg::Resume => OnFailure::Resume,
+            FailureArg::Crash => OnFailure::Crash,
+        },
+        max_events: a.count,
+        ..PagerOpts::default()
+    };
+    let (ended, s) = pager::run(&mut ring, policy.as_mut(), &mem, &opts, &stop, out)?;
+    drop(ring);
+    let why = match ended {
+        pager::Ended::Stopped => "stopped",
+        pager::Ended::Done => "done",
+        pager::Ended::DomainGone => "domain destroyed",
+        pager::Ended::Crashed => "domain crashed",
+    };
+    out.emit(
+        &format!(
+            "d{domid} pager {why}: {} events, {} answered, {} foreign, {} policy failures, {} answered without memory, {} released at exit, longest pause {:.1} ms",
+            s.events, s.answered, s.foreign, s.failures, s.resumed, s.released_at_exit, s.max_wait.as_secs_f64() * 1e3
+        ),
+        json!({"kind": "summary", "domid": domid, "ended": why, "events": s.events, "answered": s.answered,
+               "foreign": s.foreign, "failures": s.failures, "resumed": s.resumed,
+               "released_at_exit": s.released_at_exit, "max_pause_ms": s.max_wait.as_secs_f64() * 1e3}),
+    )?;
+    Ok(())
+}
+
+fn cmd_watch<W: io::Write>(a: WatchArgs, out: &mut Out<W>) -> Result<(), ToolError> {
+    if !(a.interval > 0.0 && a.interval.is_finite()) {
+        return Err(ToolError::Other(
+            "--interval must be a positive number of seconds".into(),
+        ));
+    }
+    let xen = XenBackend::open()?;
+    let domid = resolve(&a.domain)?;
+    let stop = Stop::install()?;
+    let mut ring = AsyncRing::builder(&xen, domid)
+        .frames(a.frames)
+        .batch(a.batch)
+        .takeover(a.takeover)
+        .register()?;
+    out.note(&format!(
+        "d{domid} SHARING_INVALIDATE: attached ({} slots, batch {}); Ctrl-C to detach",
+        ring.ring().nr_slots(),
+        a.batch
+    ))?;
+    let opts = watch::WatchOpts {
+        batch: a.batch,
+        records: a.records,
+        interval: Duration::from_secs_f64(a.interval),
+        max_records: a.count,
+        idle_exit: a
+            .idle_exit
+            .map_or(Duration::ZERO, |s| Duration::from_secs_f64(s.max(0.0))),
+        slow: a.slow,
+    };
+    let (ended, s) = watch::run(&mut ring, &opts, &stop, out)?;
+    let info = ring.ring().info().ok();
+    drop(ring);
+    if let Some(path) = &a.write_handles {
+        watch::write_handles(path, &s)?;
+    }
+    let why = match ended {
+        watch::Ended::Stopped => "stopped",
+        watch::Ended::Done => "done",
+        watch::Ended::DomainGone => "domain destroyed",
+    };
+    let (produced, lost_xen) = info.map_or((0, 0), |i| (i.produced, i.lost));
+    out.emit(
+        &format!(
+            "d{domid} watcher {why}: {} records in {} batches (largest {}), {} lost, {} handles gone; Xen: {} produced, {} lost",
+            s.records, s.batches, s.max_batch, s.lost, s.handles_gone.len(), produced, lost_xen
+        ),
+        json!({"kind": "summary", "domid": domid, "ended": why, "records": s.records, "batches": s.batches,
+               "max_batch": s.max_batch, "lost": s.lost, "handles_gone": s.handles_gone.len(),
+               "xen_produced": produced, "xen_lost": lost_xen}),
+    )?;
+    Ok(())
+}
+
+/// A domain id, or a name looked up with `xl domid`.
+fn resolve(domain: &str) -> Result<u16, ToolError> {
+    if let Ok(id) = domain.parse::<u16>() {
+        return Ok(id);
+    }
+    let out = std::process::Command::new("xl")
+        .args(["domid", domain])
+        .output()
+        .map_err(|e| ToolError::Other(format!("looking up domain '{domain}' with xl: {e}")))?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse::<u16>()
+        .ok()
+        .filter(|_| out.status.success())
+        .ok_or_else(|| ToolError::Other(format!("unknown domain '{domain}'")))
+}
+
+/// One line for the user, for the errors they will actually meet.
+fn explain(e: &ToolError) -> String {
+    match e {
+        ToolError::Xen(Error::NotXen { .. }) => {
+            "not running in a Xen dom0 (no /dev/xen/privcmd): nothing to attach to".into()
+        }
+        ToolError::Xen(Error::DomctlMissing { .. }) => {
+            "the hypervisor does not have XEN_DOMCTL_mem_event_ring: boot a Xen with the xen-mem-event series".into()
+        }
+        ToolError::Xen(e @ Error::Busy { .. }) => {
+            format!("{e}: the ring already has a consumer (use --takeover if that consumer died)")
+        }
+        e => e.to_string(),
+    }
+}

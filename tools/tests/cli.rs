@@ -1,0 +1,109 @@
+//! The command line: parsing, help, exit codes, errors without Xen.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+fn tool() -> Command {
+    Command::cargo_bin("xen-mem-event").unwrap()
+}
+
+fn on_xen() -> bool {
+    std::path::Path::new("/dev/xen/privcmd").exists()
+}
+
+#[test]
+fn help_has_examples_and_every_subcommand() {
+    let out = tool().arg("--help").assert().success();
+    let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    for word in [
+        "status",
+        "pager",
+        "watch",
+        "register",
+        "unregister",
+        "Examples:",
+        "--json",
+    ] {
+        assert!(text.contains(word), "--help lacks {word}");
+    }
+    for sub in ["status", "pager", "watch", "register", "unregister"] {
+        tool()
+            .args([sub, "--help"])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("Usage: xen-mem-event"));
+    }
+    tool()
+        .args(["pager", "--help"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("--on-failure"));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    tool().assert().code(2);
+    tool().arg("frobnicate").assert().code(2);
+    tool()
+        .arg("pager")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--domain"));
+    tool()
+        .args(["register", "--domain", "1", "--type", "bogus"])
+        .assert()
+        .code(2);
+    tool()
+        .args(["pager", "--domain", "1", "--on-failure", "maybe"])
+        .assert()
+        .code(2);
+    tool()
+        .args(["pager", "--domain", "1", "--step", "5", "--exec", "true"])
+        .assert()
+        .code(2);
+    tool()
+        .args(["watch", "--domain", "1", "--batch", "x"])
+        .assert()
+        .code(2);
+}
+
+#[test]
+fn without_xen_every_command_says_so_and_exits_1() {
+    if on_xen() {
+        return; // this machine is a dom0: the message would differ
+    }
+    let cmds: [&[&str]; 6] = [
+        &["status"],
+        &["status", "--domain", "3", "--json"],
+        &["pager", "--domain", "3"],
+        &["watch", "--domain", "3"],
+        &["register", "--domain", "3", "--type", "oom"],
+        &["unregister", "--domain", "3", "--type", "invalidate"],
+    ];
+    for args in cmds {
+        tool()
+            .args(args)
+            .assert()
+            .code(1)
+            .stdout(predicate::str::is_empty())
+            .stderr(predicate::str::diff(
+                "xen-mem-event: not running in a Xen dom0 (no /dev/xen/privcmd): nothing to attach to\n",
+            ));
+    }
+}
+
+#[test]
+fn bad_values_are_runtime_errors_with_one_line() {
+    if on_xen() {
+        return;
+    }
+    tool()
+        .args(["watch", "--domain", "3", "--interval", "0"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "--interval must be a positive number",
+        ));
+}

@@ -1,0 +1,395 @@
+//! The tools' event loops against the harness: the hypervisor's ring code
+//! on one side, the real loops (with their JSON output) on the other.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use xen_mem_event::{AsyncRing, Backend, EventType, SyncRequest, SyncRing};
+use xen_mem_event_harness::HarnessBackend;
+use xen_mem_event_tools::output::{Format, Out};
+use xen_mem_event_tools::pager::{
+    self, Ended, MaxMemStep, MemControl, OnFailure, PagerOpts, Policy,
+};
+use xen_mem_event_tools::stop::Stop;
+use xen_mem_event_tools::{status, watch};
+
+const DOM: u16 = 7;
+
+/// A domain allowance in memory.
+#[derive(Debug, Default)]
+struct FakeMem {
+    kib: AtomicU64,
+    crashed: Mutex<Vec<u16>>,
+}
+
+impl MemControl for &FakeMem {
+    fn max_mem_kib(&self, _: u16) -> Result<u64, String> {
+        Ok(self.kib.load(Ordering::SeqCst))
+    }
+    fn set_max_mem_kib(&self, _: u16, kib: u64) -> Result<(), String> {
+        self.kib.store(kib, Ordering::SeqCst);
+        Ok(())
+    }
+    fn crash(&self, domid: u16) -> Result<(), String> {
+        self.crashed.lock().unwrap().push(domid);
+        Ok(())
+    }
+}
+
+fn lines(buf: &[u8]) -> Vec<Value> {
+    String::from_utf8(buf.to_vec())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+fn opts() -> PagerOpts {
+    PagerOpts {
+        poll: Duration::from_millis(20),
+        backoff: Duration::from_millis(2),
+        ..PagerOpts::default()
+    }
+}
+
+#[test]
+fn pager_frees_memory_then_answers_each_event() {
+    let xen = HarnessBackend::new();
+    xen.add_domain(DOM, 4);
+    let mut ring = SyncRing::register(Arc::clone(&xen), DOM, 1).unwrap();
+    let hv = xen.ring(DOM, EventType::SharingOom).unwrap();
+    for v in 0..4 {
+        hv.raise_oom(v, 0x1000 * u64::from(v + 1)).unwrap();
+    }
+    hv.raise_foreign(0, 0x9000).unwrap();
+    let mem = FakeMem {
+        kib: AtomicU64::new(131_072),
+        ..FakeMem::default()
+    };
+    let mut policy = MaxMemStep::new(&mem, 1024, 1 << 20);
+    let mut out = Out::new(Vec::new(), Format::Json);
+    let o = PagerOpts {
+        max_events: 4,
+        ..opts()
+    };
+    let (ended, sum) =
+        pager::run(&mut ring, &mut policy, &&mem, &o, &Stop::new(), &mut out).unwrap();
+    assert_eq!(ended, Ended::Done);
+    assert_eq!(
+        (sum.events, sum.answered, sum.foreign, sum.failures),
+        (5, 4, 1, 0)
+    );
+    assert_eq!(mem.kib.load(Ordering::SeqCst), 131_072 + 4 * 1024);
+    assert!((0..4).all(|v| hv.hv().pause_count(v) == 0));
+    let mut unpaused = hv.unpaused();
+    unpaused.sort_unstable();
+    assert_eq!(unpaused, vec![0, 1, 2, 3]);
+
+    let events = lines(&out.into_inner());
+    let ooms: Vec<&Value> = events.iter().filter(|e| e["kind"] == "oom").collect();
+    assert_eq!(ooms.len(), 4);
+    for e in &ooms {
+        assert_eq!(e["domid"], DOM);
+        assert!(e["vcpu"].as_u64().unwrap() < 4);
+        assert!(e["gfn"].as_u64().unwrap() >= 0x1000);
+        assert!(e["id"].as_u64().unwrap() > 0);
+        assert!(e["paused_ms"].as_f64().unwrap() >= 0.0);
+        assert!(e["action"].as_str().unwrap().starts_with("maxmem "));
+        assert_eq!(e["answered"], true);
+    }
+    let foreign: Vec<&Value> = events.iter().filter(|e| e["kind"] == "foreign").collect();
+    assert_eq!(foreign.len(), 1);
+    assert_eq!(foreign[0]["gfn"], 0x9000);
+}
+
+/// Fails `n` times, then succeeds.
+struct Flaky {
+    left: Cell<u32>,
+}
+
+impl Policy for Flaky {
+    fn free(&mut self, _: &SyncRequest) -> Result<String, String> {
+        if self.left.get() == 0 {
+            return Ok("freed".into());
+        }
+        self.left.set(self.left.get() - 1);
+        Err("nothing to free".into())
+    }
+}
+
+#[test]
+fn policy_failure_keeps_the_vcpu_paused_and_retries_with_backoff() {
+    let xen = HarnessBackend::new();
+    xen.add_domain(DOM, 2);
+    let mut ring = SyncRing::register(Arc::clone(&xen), DOM, 1).unwrap();
+    let hv = xen.ring(DOM, EventType::SharingOom).unwrap();
+    hv.raise_oom(1, 0x42).unwrap();
+    let mem = FakeMem::default();
+    let mut policy = Flaky { left: Cell::new(3) };
+    let mut out = Out::new(Vec::new(), Format::Json);
+    let o = PagerOpts {
+        max_events: 1,
+        ..opts()
+    };
+    let start = Instant::now();
+    let (ended, sum) =
+        pager::run(&mut ring, &mut policy, &&mem, &o, &Stop::new(), &mut out).unwrap();
+    assert_eq!(ended, Ended::Done);
+    assert_eq!((sum.failures, sum.answered), (3, 1));
+    // Backoff 2 + 4 + 8 ms at least.
+    assert!(start.elapsed() >= Duration::from_millis(14));
+    assert_eq!(hv.hv().pause_count(1), 0);
+    let events = lines(&out.into_inner());
+    let retries: Vec<u64> = events
+        .iter()
+        .filter(|e| e["kind"] == "retry")
+        .map(|e| e["attempt"].as_u64().unwrap())
+        .collect();
+    assert_eq!(retries, vec![1, 2, 3]);
+    let delays: Vec<u64> = events
+        .iter()
+        .filter(|e| e["kind"] == "retry")
+        .map(|e| e["delay_ms"].as_u64().unwrap())
+        .collect();
+    assert_eq!(delays, vec![2, 4, 8]);
+    assert!(mem.crashed.lock().unwrap().is_empty());
+}
+
+#[test]
+fn ctrl_c_with_pending_requests_releases_them_and_unregisters() {
+    let xen = HarnessBackend::new();
+    xen.add_domain(DOM, 3);
+    let mut ring = SyncRing::register(Arc::clone(&xen), DOM, 1).unwrap();
+    let hv = xen.ring(DOM, EventType::SharingOom).unwrap();
+    for v in 0..3 {
+        hv.raise_oom(v, u64::from(v)).unwrap();
+    }
+    let stop = Stop::new();
+    let stopper = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(100));
+            stop.request();
+        })
+    };
+    let mem = FakeMem::default();
+    let mut policy = Flaky {
+        left: Cell::new(u32::MAX),
+    };
+    let mut out = Out::new(Vec::new(), Format::Human);
+    let (ended, sum) = pager::run(&mut ring, &mut policy, &&mem, &opts(), &stop, &mut out).unwrap();
+    stopper.join().unwrap();
+    assert_eq!(ended, Ended::Stopped);
+    assert_eq!(sum.answered, 0);
+    assert_eq!(sum.released_at_exit, 3, "answered what was pending");
+    assert!(sum.failures >= 3);
+    assert!((0..3).all(|v| hv.hv().pause_count(v) == 0));
+    drop(ring);
+    assert!(
+        xen.get_info(DOM, EventType::SharingOom).is_err(),
+        "unregistered on detach"
+    );
+    let text = String::from_utf8(out.into_inner()).unwrap();
+    assert!(text.contains("vCPU stays paused, retry 1"), "{text}");
+}
+
+#[test]
+fn on_failure_crash_and_resume() {
+    for (mode, crashed, resumed) in [(OnFailure::Crash, 1, 0), (OnFailure::Resume, 0, 1)] {
+        let xen = HarnessBackend::new();
+        xen.add_domain(DOM, 1);
+        let mut ring = SyncRing::register(Arc::clone(&xen), DOM, 1).unwrap();
+        let hv = xen.ring(DOM, EventType::SharingOom).unwrap();
+        hv.raise_oom(0, 5).unwrap();
+        let mem = FakeMem::default();
+        let mut policy = Flaky {
+            left: Cell::new(u32::MAX),
+        };
+        let mut out = Out::new(Vec::new(), Format::Json);
+        let o = PagerOpts {
+            on_failure: mode,
+            max_events: 1,
+            ..opts()
+        };
+        let (ended, sum) =
+            pager::run(&mut ring, &mut policy, &&mem, &o, &Stop::new(), &mut out).unwrap();
+        assert_eq!(mem.crashed.lock().unwrap().len(), crashed);
+        assert_eq!(sum.resumed, resumed);
+        assert_eq!(
+            ended,
+            if crashed == 1 {
+                Ended::Crashed
+            } else {
+                Ended::Done
+            }
+        );
+        let kinds: Vec<String> = lines(&out.into_inner())
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(kinds, vec![if crashed == 1 { "crash" } else { "oom" }]);
+    }
+}
+
+#[test]
+fn watcher_reports_records_and_exact_losses() {
+    let xen = HarnessBackend::new();
+    xen.add_domain(DOM, 1);
+    let mut ring = AsyncRing::builder(Arc::clone(&xen), DOM)
+        .frames(1)
+        .batch(16)
+        .register()
+        .unwrap();
+    let hv = xen.ring(DOM, EventType::SharingInvalidate).unwrap();
+    // 300 records into 128 slots before the watcher runs: 172 lost.
+    for i in 0..300u64 {
+        let gone = if i % 3 == 0 { 1 } else { 0 };
+        hv.put_invalidate(0x100 + i % 50, i, DOM, 2, gone);
+    }
+    let mut out = Out::new(Vec::new(), Format::Json);
+    let o = watch::WatchOpts {
+        batch: 16,
+        records: true,
+        max_records: 128,
+        ..watch::WatchOpts::default()
+    };
+    let (ended, sum) = watch::run(&mut ring, &o, &Stop::new(), &mut out).unwrap();
+    assert_eq!(ended, watch::Ended::Done);
+    assert_eq!((sum.records, sum.lost), (128, 172));
+    let info = ring.ring().info().unwrap();
+    assert_eq!(info.produced, sum.records);
+    assert_eq!(info.produced + info.lost, 300);
+    let events = lines(&out.into_inner());
+    let lost: Vec<&Value> = events.iter().filter(|e| e["kind"] == "lost").collect();
+    assert_eq!(lost.len(), 1);
+    assert_eq!(lost[0]["count"], 172);
+    let recs: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "invalidate")
+        .collect();
+    assert_eq!(recs.len(), 128);
+    for r in &recs {
+        assert_eq!(r["domid"], DOM);
+        assert_eq!(r["reason"], "unshared");
+        assert!(
+            r["handle"].as_u64().is_some()
+                && r["seq"].as_u64().is_some()
+                && r["gfn"].as_u64().is_some()
+        );
+        assert_eq!(r["handle_gone"], r["gfn"].as_u64().unwrap() % 3 == 0);
+    }
+    // Handles 0x100.. with gfn % 3 == 0 among the first 128 records.
+    let expect: std::collections::BTreeSet<u64> = (0..128u64)
+        .filter(|i| i % 3 == 0)
+        .map(|i| 0x100 + i % 50)
+        .collect();
+    assert_eq!(sum.handles_gone, expect);
+}
+
+#[test]
+fn watcher_summary_lines_and_domain_destruction() {
+    let xen = HarnessBackend::new();
+    xen.add_domain(DOM, 1);
+    let mut ring = AsyncRing::builder(Arc::clone(&xen), DOM)
+        .frames(2)
+        .batch(8)
+        .register()
+        .unwrap();
+    let hv = xen.ring(DOM, EventType::SharingInvalidate).unwrap();
+    let producer = {
+        let xen = Arc::clone(&xen);
+        thread::spawn(move || {
+            for i in 0..100u64 {
+                hv.put_invalidate(i, i, DOM, 1, 1);
+                thread::sleep(Duration::from_millis(2));
+            }
+            thread::sleep(Duration::from_millis(300));
+            xen.destroy_domain(DOM);
+        })
+    };
+    let mut out = Out::new(Vec::new(), Format::Json);
+    let o = watch::WatchOpts {
+        batch: 8,
+        interval: Duration::from_millis(100),
+        ..watch::WatchOpts::default()
+    };
+    let (ended, sum) = watch::run(&mut ring, &o, &Stop::new(), &mut out).unwrap();
+    producer.join().unwrap();
+    assert_eq!(ended, watch::Ended::DomainGone);
+    assert_eq!(sum.records, 100, "the trickle's tail was drained too");
+    let events = lines(&out.into_inner());
+    let intervals: Vec<&Value> = events.iter().filter(|e| e["kind"] == "interval").collect();
+    assert!(intervals.len() >= 2, "{events:?}");
+    let total: u64 = intervals
+        .iter()
+        .map(|e| e["records"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 100);
+    for e in intervals {
+        for k in [
+            "secs",
+            "rate",
+            "batches",
+            "avg_batch",
+            "lost",
+            "handles_gone",
+            "total_records",
+            "total_lost",
+        ] {
+            assert!(!e[k].is_null(), "interval line lacks {k}");
+        }
+    }
+}
+
+#[test]
+fn status_rows_and_json() {
+    let xen = HarnessBackend::new();
+    xen.add_domain(DOM, 2);
+    xen.add_domain(DOM + 1, 2);
+    let _oom = SyncRing::register(Arc::clone(&xen), DOM, 1).unwrap();
+    let _inval = AsyncRing::builder(Arc::clone(&xen), DOM + 1)
+        .frames(4)
+        .batch(32)
+        .register()
+        .unwrap();
+    let rows = status::collect(&*xen, &[DOM, DOM + 1]).unwrap();
+    assert_eq!(rows.len(), 2);
+    let table = status::table(&rows);
+    assert!(table.starts_with("DOMID"));
+    assert!(table.contains("SHARING_OOM") && table.contains("SHARING_INVALIDATE"));
+    let j = status::json(&rows[1]);
+    assert_eq!(j["kind"], "ring");
+    assert_eq!(j["type"], "SHARING_INVALIDATE");
+    assert_eq!(
+        (
+            j["frames"].as_u64(),
+            j["slots"].as_u64(),
+            j["batch"].as_u64()
+        ),
+        (Some(5), Some(512), Some(32))
+    );
+    for k in [
+        "consumer",
+        "produced",
+        "consumed",
+        "lost",
+        "bad_responses",
+        "notifications",
+        "paused_vcpus",
+        "connected",
+        "broken",
+        "consumer_gone",
+    ] {
+        assert!(!j[k].is_null(), "status JSON lacks {k}");
+    }
+    assert!(
+        status::collect(&*xen, &[99]).is_err(),
+        "a missing domain asked for alone is an error"
+    );
+}

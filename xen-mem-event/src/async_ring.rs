@@ -1,0 +1,424 @@
+//! The asynchronous ring consumer (`SHARING_INVALIDATE`).
+
+use std::time::{Duration, Instant};
+
+use xen_mem_event_sys::abi;
+
+use crate::backend::Backend;
+use crate::layout::{self, hdr, RawAsyncRec};
+use crate::{BrokenReason, Error, EventType, Op, Ring, RingBuilder};
+
+/// Why `<domid, gfn>` stopped being an entry of a sharing handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum InvalidateReason {
+    /// The page was merged into another page by a share.
+    Merged,
+    /// The gfn was unshared (written to, or unshared explicitly).
+    Unshared,
+    /// The gfn was removed from the physmap.
+    Freed,
+    /// The gfn went away with its domain.
+    Destroyed,
+}
+
+impl InvalidateReason {
+    /// The ABI value (`XEN_MEM_EVENT_INVALIDATE_*`).
+    pub fn raw(self) -> u16 {
+        match self {
+            InvalidateReason::Merged => abi::XEN_MEM_EVENT_INVALIDATE_MERGED,
+            InvalidateReason::Unshared => abi::XEN_MEM_EVENT_INVALIDATE_UNSHARED,
+            InvalidateReason::Freed => abi::XEN_MEM_EVENT_INVALIDATE_FREED,
+            InvalidateReason::Destroyed => abi::XEN_MEM_EVENT_INVALIDATE_DESTROYED,
+        }
+    }
+
+    /// The reason of an ABI value.
+    pub fn from_raw(raw: u16) -> Option<InvalidateReason> {
+        [
+            InvalidateReason::Merged,
+            InvalidateReason::Unshared,
+            InvalidateReason::Freed,
+            InvalidateReason::Destroyed,
+        ]
+        .into_iter()
+        .find(|r| r.raw() == raw)
+    }
+}
+
+/// A validated `SHARING_INVALIDATE` record, copied out of the ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct InvalidateRecord {
+    /// The ring index it was read from.
+    pub index: u32,
+    /// Records Xen attempted before this one (posted and lost).
+    pub seq: u64,
+    /// The sharing handle.
+    pub handle: u64,
+    /// The gfn.
+    pub gfn: u64,
+    /// The domain of the gfn.
+    pub domid: u16,
+    /// Why.
+    pub reason: InvalidateReason,
+    /// The handle itself is gone: drop every entry of it.
+    pub handle_gone: bool,
+    /// Records lost between the previous record and this one (`seq` gap).
+    pub lost_before: u64,
+}
+
+/// The consumer of an asynchronous (`SHARING_INVALIDATE`) ring.
+///
+/// Consumption is batched in the io-uring style: [`batch`](AsyncRing::batch)
+/// snapshots `req_prod` (Acquire) and returns an [`AsyncBatch`] that copies
+/// each record out as it is iterated; dropping the batch publishes
+/// `req_cons` (Release) once for every record iterated.  Each batch carries
+/// the number of records Xen lost since the previous batch.
+///
+/// Notifications are coalesced: [`set_batch`](AsyncRing::set_batch)`(n)`
+/// asks Xen to kick only once `n` records are waiting;
+/// [`wait`](AsyncRing::wait) waits for that, and
+/// [`drain_timeout`](AsyncRing::drain_timeout) takes whatever arrived when
+/// a trickle stops short of `n`.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use xen_mem_event::{testing::FakeXen, AsyncRing, InvalidateReason};
+///
+/// let xen = FakeXen::new();
+/// xen.add_domain(1, 1);
+/// let mut ring = AsyncRing::builder(&xen, 1).frames(1).batch(4).register()?;
+///
+/// for h in 0..3 {
+///     xen.put_async(1, h, 0x100 + h, InvalidateReason::Unshared, false);
+/// }
+/// // Three records: below the threshold of 4, so no kick came...
+/// assert!(!ring.wait(Some(Duration::ZERO))?);
+/// // ...but the tail is taken after the timeout.
+/// let batch = ring.drain_timeout(Duration::from_millis(1))?;
+/// assert_eq!(batch.len(), 3);
+/// assert_eq!(batch.lost(), 0);
+/// let handles: Vec<u64> = batch.map(|r| r.map(|r| r.handle)).collect::<Result<_, _>>()?;
+/// assert_eq!(handles, [0, 1, 2]);
+/// # Ok::<(), xen_mem_event::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct AsyncRing<B: Backend> {
+    ring: Ring<B>,
+    req_cons: u32,
+    batch: u32,
+    /// The `seq` the next record should carry if nothing is lost.
+    next_seq: u64,
+    /// Records missing by `seq`, since registration.
+    seq_gaps: u64,
+    /// The shared `lost` counter at the last batch.
+    lost_seen: u64,
+}
+
+/// Builder for an [`AsyncRing`].
+#[derive(Debug)]
+#[must_use = "call .register()"]
+pub struct AsyncRingBuilder<B: Backend> {
+    inner: RingBuilder<B>,
+}
+
+impl<B: Backend> AsyncRingBuilder<B> {
+    /// Data frames (a power of two in `1..=64`, 128 records each).
+    pub fn frames(self, frames: u32) -> Self {
+        AsyncRingBuilder {
+            inner: self.inner.frames(frames),
+        }
+    }
+
+    /// Records per notification (clamped to the ring size; 0 = 1).
+    pub fn batch(self, batch: u32) -> Self {
+        AsyncRingBuilder {
+            inner: self.inner.batch(batch),
+        }
+    }
+
+    /// Replace a consumer that is still registered.
+    pub fn takeover(self, takeover: bool) -> Self {
+        AsyncRingBuilder {
+            inner: self.inner.takeover(takeover),
+        }
+    }
+
+    /// Registers and attaches.
+    pub fn register(self) -> Result<AsyncRing<B>, Error> {
+        AsyncRing::new(self.inner.register()?)
+    }
+}
+
+impl<B: Backend> AsyncRing<B> {
+    /// Registers the `SHARING_INVALIDATE` ring of `domid`, `frames` data
+    /// frames, a notification per record (see [`AsyncRing::builder`]).
+    pub fn register(backend: B, domid: u16, frames: u32) -> Result<AsyncRing<B>, Error> {
+        AsyncRing::builder(backend, domid).frames(frames).register()
+    }
+
+    /// A builder for the `SHARING_INVALIDATE` ring of `domid`.
+    pub fn builder(backend: B, domid: u16) -> AsyncRingBuilder<B> {
+        AsyncRingBuilder {
+            inner: Ring::builder(backend, domid, EventType::SharingInvalidate),
+        }
+    }
+
+    /// Wraps a registered asynchronous ring.  The notification threshold
+    /// is the registration's `batch`.
+    pub fn new(mut ring: Ring<B>) -> Result<AsyncRing<B>, Error> {
+        if ring.event_type().is_sync() {
+            return Err(Error::WrongRingType {
+                op: Op::Attach,
+                ty: ring.event_type(),
+            });
+        }
+        let (req_cons, _) = ring.initial_consumer_indices()?;
+        let batch = ring.params().batch.clamp(1, ring.nr_slots());
+        Ok(AsyncRing {
+            ring,
+            req_cons,
+            batch,
+            next_seq: 0,
+            seq_gaps: 0,
+            lost_seen: 0,
+        })
+    }
+
+    /// The registration handle.
+    pub fn ring(&self) -> &Ring<B> {
+        &self.ring
+    }
+
+    /// The notification threshold.
+    pub fn batch_size(&self) -> u32 {
+        self.batch
+    }
+
+    /// Records lost since registration, as of the last batch.
+    pub fn lost_total(&self) -> u64 {
+        self.lost_seen
+    }
+
+    /// Records waiting in the ring.
+    pub fn available(&mut self) -> Result<u32, Error> {
+        let prod = self.ring.req_prod(Op::Consume, self.req_cons)?;
+        Ok(layout::ring_distance(prod, self.req_cons))
+    }
+
+    /// Sets the notification threshold to `n` records (clamped to
+    /// `1..=nr_slots`): `req_event = req_cons + n`.  Then re-checks
+    /// `req_prod`: returns `true` if `n` records are already waiting, in
+    /// which case no kick will come for them.
+    pub fn set_batch(&mut self, n: u32) -> Result<bool, Error> {
+        self.batch = n.clamp(1, self.ring.nr_slots());
+        self.arm()
+    }
+
+    /// Publishes `req_event` for the current threshold and re-checks.
+    fn arm(&mut self) -> Result<bool, Error> {
+        let event = self.req_cons.wrapping_add(self.batch);
+        self.ring.check(Op::Wait)?;
+        self.ring.store_event(Op::Wait, event)?;
+        Ok(self.available()? >= self.batch)
+    }
+
+    /// Waits until the threshold is reached (at most `timeout`; `None`
+    /// waits forever).  Returns whether it is.
+    pub fn wait(&mut self, timeout: Option<Duration>) -> Result<bool, Error> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if self.arm()? {
+                return Ok(true);
+            }
+            let left = match deadline {
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Ok(false);
+                    }
+                    Some(d - now)
+                }
+                None => None,
+            };
+            if !self.ring.wait_event(left)? {
+                return Ok(self.available()? >= self.batch);
+            }
+        }
+    }
+
+    /// For the tail of a trickle: waits up to `timeout` for the threshold,
+    /// then takes whatever is there (possibly nothing).
+    pub fn drain_timeout(&mut self, timeout: Duration) -> Result<AsyncBatch<'_, B>, Error> {
+        self.wait(Some(timeout))?;
+        self.batch()
+    }
+
+    /// Takes the records waiting now: snapshots `req_prod` and the `lost`
+    /// counter.  Records are copied out and validated one by one as the
+    /// batch is iterated; dropping the batch releases their slots.
+    pub fn batch(&mut self) -> Result<AsyncBatch<'_, B>, Error> {
+        let end = self.ring.req_prod(Op::Consume, self.req_cons)?;
+        // Read after req_prod (Acquire): every loss before a record we can
+        // see is counted in this value.
+        let lost = self.ring.load_u64(Op::Consume, hdr::LOST)?;
+        if lost < self.lost_seen || lost < self.seq_gaps {
+            return Err(self.ring.broken(
+                Op::Consume,
+                BrokenReason::LossAccounting {
+                    seq_gaps: self.seq_gaps,
+                    lost,
+                },
+            ));
+        }
+        let lost_delta = lost - self.lost_seen;
+        self.lost_seen = lost;
+        let start = self.req_cons;
+        Ok(AsyncBatch {
+            ring: self,
+            start,
+            end,
+            lost: lost_delta,
+            lost_snapshot: lost,
+            seq_gaps: 0,
+            done: false,
+        })
+    }
+}
+
+/// A batch of records: an iterator of `Result<InvalidateRecord, Error>`.
+///
+/// Iteration stops at the first malformed record (yielding
+/// [`Error::RingBroken`]).  On drop, `req_cons` is published (Release) for
+/// the records iterated, and `req_event` re-armed to `req_cons + batch`
+/// (so a steady stream costs one kick per batch); records not iterated stay
+/// in the ring for the next batch.
+#[derive(Debug)]
+#[must_use = "iterate the batch to consume its records"]
+pub struct AsyncBatch<'a, B: Backend> {
+    ring: &'a mut AsyncRing<B>,
+    start: u32,
+    end: u32,
+    lost: u64,
+    lost_snapshot: u64,
+    seq_gaps: u64,
+    done: bool,
+}
+
+impl<B: Backend> AsyncBatch<'_, B> {
+    /// Records lost (ring full) since the previous batch, from the shared
+    /// `lost` counter.
+    pub fn lost(&self) -> u64 {
+        self.lost
+    }
+
+    /// Records missing between the records iterated so far (`seq` gaps,
+    /// including the gap before the first one).
+    pub fn seq_gaps(&self) -> u64 {
+        self.seq_gaps
+    }
+
+    /// Records in the batch (iterated or not).
+    pub fn len(&self) -> usize {
+        layout::ring_distance(self.end, self.start) as usize
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+
+    /// Records not iterated yet.
+    pub fn remaining(&self) -> usize {
+        layout::ring_distance(self.end, self.ring.req_cons) as usize
+    }
+
+    fn next_record(&mut self) -> Result<InvalidateRecord, Error> {
+        let r = &mut *self.ring;
+        let idx = r.req_cons;
+        let raw = RawAsyncRec::decode(&r.ring.read_req(Op::Consume, idx)?);
+        let bad = |what| BrokenReason::BadRecord { index: idx, what };
+        let reason = match InvalidateReason::from_raw(raw.reason) {
+            Some(reason) => reason,
+            None => return Err(r.ring.broken(Op::Consume, bad("unknown reason"))),
+        };
+        if raw.flags & !abi::XEN_MEM_EVENT_INVALIDATE_F_HANDLE_GONE != 0 {
+            return Err(r.ring.broken(Op::Consume, bad("unknown flags")));
+        }
+        if raw.seq < r.next_seq {
+            return Err(r.ring.broken(Op::Consume, bad("seq went backwards")));
+        }
+        let gap = raw.seq - r.next_seq;
+        let total = r.seq_gaps.saturating_add(gap);
+        if total > self.lost_snapshot {
+            return Err(r.ring.broken(
+                Op::Consume,
+                BrokenReason::LossAccounting {
+                    seq_gaps: total,
+                    lost: self.lost_snapshot,
+                },
+            ));
+        }
+        r.seq_gaps = total;
+        r.next_seq = raw.seq.saturating_add(1);
+        r.req_cons = idx.wrapping_add(1);
+        r.ring.seen += 1;
+        self.seq_gaps += gap;
+        Ok(InvalidateRecord {
+            index: idx,
+            seq: raw.seq,
+            handle: raw.handle,
+            gfn: raw.gfn,
+            domid: raw.domid,
+            reason,
+            handle_gone: raw.flags & abi::XEN_MEM_EVENT_INVALIDATE_F_HANDLE_GONE != 0,
+            lost_before: gap,
+        })
+    }
+}
+
+impl<B: Backend> Iterator for AsyncBatch<'_, B> {
+    type Item = Result<InvalidateRecord, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done || self.ring.req_cons == self.end {
+            return None;
+        }
+        let r = self.next_record();
+        if r.is_err() {
+            self.done = true;
+        }
+        Some(r)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = if self.done { 0 } else { self.remaining() };
+        (0, Some(n))
+    }
+}
+
+impl<B: Backend> Drop for AsyncBatch<'_, B> {
+    fn drop(&mut self) {
+        if self.ring.req_cons == self.start {
+            return;
+        }
+        let cons = self.ring.req_cons;
+        // Release: the records are copied out before Xen may reuse them.
+        if let Err(e) = self
+            .ring
+            .ring
+            .store_release(Op::Consume, hdr::REQ_CONS, cons)
+        {
+            log::warn!("publishing req_cons: {e}");
+            return;
+        }
+        // Re-arm: the next kick when the next full batch is in.
+        let event = cons.wrapping_add(self.ring.batch);
+        if let Err(e) = self.ring.ring.store_event(Op::Consume, event) {
+            log::warn!("publishing req_event: {e}");
+        }
+    }
+}
