@@ -70,7 +70,15 @@ harness-asan: xen-src
 	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="env LD_PRELOAD=$(ASAN_RT)" \
 	$(CARGO) test -p xen-mem-event-harness --locked --target-dir $(BUILD)/target-asan
 
-test: deps series-check xen-release xen-debug xen-libs check harness-asan
+## Benchmarks (harness tier): one table, every figure from the same run.
+bench: xen-src
+	$(CARGO) run --release --locked -p xen-mem-event-bench --bin xme-bench
+
+## A short run checking counts only (never timings).
+bench-smoke: xen-src
+	$(CARGO) run --locked -p xen-mem-event-bench --bin xme-bench -- --smoke
+
+test: deps series-check xen-release xen-debug xen-libs check harness-asan bench-smoke
 	@echo "make test: all tiers passed"
 
 run:
