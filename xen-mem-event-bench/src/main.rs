@@ -200,9 +200,16 @@ fn section_throughput(cfg: &Cfg, report: &mut Report, checks: &mut Checks) -> BR
             .iter()
             .find(|(ff, _)| *ff == f)
             .map_or(0.0, |(_, t)| t.rate());
-        for batch in BATCHES {
+        // Each threshold sleeping on the event channel at once, then the
+        // largest again with the consumer polling 50 µs before it sleeps.
+        let configs = BATCHES
+            .iter()
+            .map(|&b| (b, 0u64))
+            .chain(std::iter::once((256, 50)));
+        for (batch, spin_us) in configs {
+            let spin = Duration::from_micros(spin_us);
             let tp: Tp = throughput::median_of(cfg.reps, || {
-                throughput::async_lossless(f, batch, cfg.run, checks)
+                throughput::async_lossless(f, batch, spin, cfg.run, checks)
             })?;
             let eff = batch.min(f * SLOTS_PER_FRAME);
             let (ra, rb) = (ratio(tp.rate(), base.rate()), ratio(tp.rate(), b_ref));
@@ -221,11 +228,14 @@ fn section_throughput(cfg: &Cfg, report: &mut Report, checks: &mut Checks) -> BR
                     ),
                 );
             }
-            let eff_note = if eff == batch {
+            let mut eff_note = if eff == batch {
                 String::new()
             } else {
                 format!(" (eff. {eff})")
             };
+            if spin_us > 0 {
+                eff_note.push_str(&format!(", consumer polls {spin_us} µs before sleeping"));
+            }
             rows.push(
                 Row::new(
                     S,
@@ -246,6 +256,7 @@ fn section_throughput(cfg: &Cfg, report: &mut Report, checks: &mut Checks) -> BR
                 .int("frames", u64::from(f))
                 .int("batch", u64::from(batch))
                 .int("effective_batch", u64::from(eff))
+                .int("spin_us", spin_us)
                 .num("records_per_s", tp.rate())
                 .int("records", tp.records)
                 .int("notifications", tp.notifications)

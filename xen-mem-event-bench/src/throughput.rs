@@ -82,14 +82,21 @@ pub fn median_of(reps: usize, mut f: impl FnMut() -> BResult<Tp>) -> BResult<Tp>
 }
 
 /// The library consumer against the hypervisor's ring core, lossless.
-pub fn async_lossless(frames: u32, batch: u32, run: Duration, checks: &mut Checks) -> BResult<Tp> {
-    let ctx = format!("async lossless frames {frames} batch {batch}");
+pub fn async_lossless(
+    frames: u32,
+    batch: u32,
+    spin: Duration,
+    run: Duration,
+    checks: &mut Checks,
+) -> BResult<Tp> {
+    let ctx = format!("async lossless frames {frames} batch {batch} spin {spin:?}");
     let xen = HarnessBackend::new();
     xen.add_domain(DOM, 1);
     let mut ring = AsyncRing::builder(Arc::clone(&xen), DOM)
         .frames(frames)
         .batch(batch)
         .register()?;
+    ring.set_spin(spin);
     let hv = xen
         .ring(DOM, EventType::SharingInvalidate)
         .ok_or("harness: the ring just registered is missing")?;
