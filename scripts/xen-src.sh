@@ -32,19 +32,20 @@ if [ -f "$SERIES_DIR/series" ]; then
     done < "$SERIES_DIR/series"
 fi
 
-stamp=$(cat "$ORIG" "${patches[@]}" /dev/null 2>/dev/null | sha256sum | cut -d' ' -f1)
-stamp="$V $stamp ${#patches[@]}"
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$stamp" ]; then
-    echo "xen-src: $TREE is up to date (${#patches[@]} patches)"
-    exit 0
-fi
-
 if [ ! -f "$ORIG" ]; then
     mkdir -p "$DL"
     echo "xen-src: fetching Debian source package xen=$V"
     (cd "$DL" && apt-get source --download-only -q "xen=$V") >/dev/null
     [ -f "$ORIG" ] || { echo "xen-src: $ORIG missing after download" >&2; exit 1; }
 fi
+
+stamp=$(cat "$ORIG" "${patches[@]}" | sha256sum | cut -d' ' -f1)
+stamp="$V $stamp ${#patches[@]}"
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$stamp" ]; then
+    echo "xen-src: $TREE is up to date (${#patches[@]} patches)"
+    exit 0
+fi
+
 
 if [ ! -d "$TREE/.git" ] || ! git -C "$TREE" rev-parse -q --verify refs/tags/pristine >/dev/null; then
     echo "xen-src: unpacking $(basename "$ORIG") into $TREE"
