@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Boot the test VM (QEMU: KVM with nested virtualisation when the host has
+# it, TCG otherwise): the VM's debug Xen (build/vm/xen), Debian dom0
+# (build/vm/vmlinuz + initrd.img, root on build/vm/rootfs.img), and run the
+# scenarios in dom0 (ci/vm/run.sh via xme-tests.service).
+#
+# The serial console (Xen + dom0's hvc0 + the test driver) is streamed to the
+# terminal and saved in build/vm/logs/<timestamp>/serial.log (and
+# build/vm/logs/latest).  Afterwards the log is checked:
+#   - every 'XME-RESULT <check> PASS|FAIL ...' line; any FAIL fails the run
+#   - 'XME-DONE' must be present (else: timeout, hang or crash)
+#   - hypervisor failures ('(XEN)' lines): Assertion/BUG/WARN/FATAL/Panic on
+#     CPU/Xen call trace
+#
+# Usage: ci/run-vm.sh [--scenarios a+b|all] [--timeout S] [--shell] [--accel kvm|tcg]
+#   env: XME_SCENARIOS, XME_VM_TIMEOUT (default 900 s), XME_SCENARIO_TIMEOUT
+#        (default 600 s), XME_ACCEL, XME_QUIET=1 (do not stream the console)
+# Exit: 0 all passed, 1 a check failed / no XME-DONE / hypervisor error,
+#       2 usage or missing build products.
+set -euo pipefail
+XME_LOG_TAG=run-vm
+. "$(dirname "$0")/lib.sh"
+
+scenarios=${XME_SCENARIOS:-all}
+vm_timeout=${XME_VM_TIMEOUT:-900}
+sc_timeout=${XME_SCENARIO_TIMEOUT:-600}
+accel=${XME_ACCEL:-auto}
+shell=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --scenarios) scenarios=$2; shift 2 ;;
+    --timeout) vm_timeout=$2; shift 2 ;;
+    --shell) shell=1; shift ;;
+    --accel) accel=$2; shift 2 ;;
+    -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "usage: $0 [--scenarios a+b|all] [--timeout S] [--shell] [--accel kvm|tcg]" >&2; exit 2 ;;
+    esac
+done
+[ $shell = 1 ] && scenarios=shell
+case "$scenarios" in *,*) die "separate scenarios with '+', not ',' (QEMU's -initrd splits on commas)" ;; esac
+
+for f in xen vmlinuz initrd.img rootfs.img; do
+    [ -f "$VM/$f" ] || { log "missing $VM/$f: build it with ci/vm-image.sh"; exit 2; }
+done
+command -v qemu-system-x86_64 >/dev/null || { log "qemu-system-x86_64 not found"; exit 2; }
+
+# KVM only when it can virtualise a hypervisor (vmx/svm); PVM-only KVM cannot.
+if [ "$accel" = auto ]; then
+    if [ -w /dev/kvm ] && grep -qE '^flags.* (vmx|svm)( |$)' /proc/cpuinfo; then
+        accel=kvm
+    else
+        accel=tcg
+    fi
+fi
+case "$accel" in
+kvm) accel_args=(-accel kvm -cpu host,-monitor) ;;
+# -monitor: without MONITOR/MWAIT (Xen takes a #GP in mwait_idle under TCG).
+tcg) accel_args=(-accel tcg,thread=multi -cpu EPYC,+svm,-monitor) ;;
+*) log "unknown accelerator '$accel'"; exit 2 ;;
+esac
+
+stamp=$(date +%Y%m%d-%H%M%S)
+LOGDIR=$VM/logs/$stamp
+mkdir -p "$LOGDIR"
+ln -sfn "$stamp" "$VM/logs/latest"
+SERIAL=$LOGDIR/serial.log
+
+xen_cmdline="console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M loglvl=all guest_loglvl=all"
+xen_cmdline+=" conring_size=1m"
+dom0_cmdline="root=/dev/vda rw console=hvc0 panic=-1 loglevel=5"
+dom0_cmdline+=" xme.scenarios=$scenarios xme.timeout=$sc_timeout"
+
+
+qemu=(qemu-system-x86_64 "${accel_args[@]}" -machine q35 -smp 2 -m 3072
+      -nographic -no-reboot -nic none
+      -kernel "$VM/xen" -append "$xen_cmdline"
+      -initrd "$VM/vmlinuz $dom0_cmdline,$VM/initrd.img"
+      # snapshot=on: writes go to a throw-away overlay, the image stays pristine.
+      -drive "file=$VM/rootfs.img,if=virtio,format=raw,cache=unsafe,snapshot=on")
+echo "${qemu[*]}" > "$LOGDIR/qemu-cmdline"
+log "accel=$accel scenarios=$scenarios timeout=${vm_timeout}s log=$SERIAL"
+
+t0=$(date +%s)
+rc=0
+if [ $shell = 1 ]; then
+    # Interactive: the console is the terminal (Ctrl-A X quits QEMU).
+    "${qemu[@]}" -serial mon:stdio 2>&1 | tee "$SERIAL" || rc=$?
+    exit "$rc"
+fi
+# stdin from /dev/null: QEMU must not take the terminal.
+if [ "${XME_QUIET:-0}" = 1 ]; then
+    timeout -k 10 "$vm_timeout" "${qemu[@]}" -serial "file:$SERIAL" -monitor none \
+        < /dev/null > "$LOGDIR/qemu.out" 2>&1 || rc=$?
+else
+    touch "$SERIAL"
+    tail -n +1 -F "$SERIAL" 2>/dev/null &
+    tailpid=$!
+    timeout -k 10 "$vm_timeout" "${qemu[@]}" -serial "file:$SERIAL" -monitor none \
+        < /dev/null > "$LOGDIR/qemu.out" 2>&1 || rc=$?
+    sleep 0.5
+    kill "$tailpid" 2>/dev/null || true
+    wait "$tailpid" 2>/dev/null || true
+fi
+elapsed=$(( $(date +%s) - t0 ))
+
+# ------------------------------------------------------------------ verdict
+# The serial log has CRLFs and dom0/Xen lines can interleave; strip CRs.
+clean=$LOGDIR/serial.clean.log
+tr -d '\r' < "$SERIAL" > "$clean"
+grep -aoE 'XME-RESULT [^ ]+ (PASS|FAIL).*' "$clean" > "$LOGDIR/results.txt" || true
+npass=$(grep -c ' PASS' "$LOGDIR/results.txt" || true)
+nfail=$(grep -cE '^XME-RESULT [^ ]+ FAIL' "$LOGDIR/results.txt" || true)
+verdict=0
+echo
+echo "================ xen-mem-event VM tier: $elapsed s, accel=$accel, log $SERIAL"
+if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+    echo "TIMEOUT: QEMU killed after ${vm_timeout}s"
+    verdict=1
+elif [ "$rc" != 0 ]; then
+    echo "QEMU exited with status $rc ($(tail -n 3 "$LOGDIR/qemu.out" | tr '\n' ' '))"
+    verdict=1
+fi
+sed 's/^/  /' "$LOGDIR/results.txt"
+if [ "$nfail" -gt 0 ]; then
+    echo "FAILED: $nfail check(s) failed"
+    verdict=1
+fi
+if ! grep -aq 'XME-DONE' "$clean"; then
+    echo "FAILED: no XME-DONE (the VM crashed, hung or timed out before the end)"
+    verdict=1
+fi
+# Only the hypervisor's own lines ('(XEN) ...', possibly mid-line when dom0
+# output interleaves); userspace assertions are not hypervisor failures.
+xen_errs=$(grep -anE '\(XEN\).*(Assertion .* failed|Xen BUG at|FATAL (TRAP|PAGE FAULT)|Panic on CPU|Xen call trace|Xen WARN at)' "$clean" | head -n 20 || true)
+if [ -n "$xen_errs" ]; then
+    echo "FAILED: the hypervisor reported errors:"
+    echo "$xen_errs" | sed 's/^/  /'
+    verdict=1
+fi
+if [ "$npass" = 0 ]; then
+    echo "FAILED: no PASS results at all"
+    verdict=1
+fi
+if [ $verdict = 0 ]; then
+    echo "PASSED: $npass checks"
+fi
+exit $verdict

@@ -1,0 +1,167 @@
+# In-VM helpers for the xen-mem-event scenarios (sourced by run.sh and by
+# every scenario).  Runs in dom0 of the test VM.
+# shellcheck shell=bash
+
+XME=${XME:-/opt/xme}
+XME_RUN=${XME_RUN:-/run/xme}
+XEN_BIN=/usr/lib/xen-4.17/bin           # Debian's unpatched tools
+CONSOLE_LOG_DIR=/var/log/xen/console     # xenconsoled --log=guest (see /etc/default/xen)
+PATH=$XME/bin:$PATH:/usr/sbin:/sbin
+export PATH
+mkdir -p "$XME_RUN"
+
+# ------------------------------------------------------------------ output
+# One machine-readable line per check: XME-RESULT <scenario>.<check> PASS|FAIL <details>
+xme_result() {      # xme_result CHECK PASS|FAIL DETAILS...
+    local check=$1 verdict=$2
+    shift 2
+    echo "XME-RESULT ${XME_SCENARIO:-adhoc}.$check $verdict $*"
+    echo "${XME_SCENARIO:-adhoc}.$check $verdict" >> "$XME_RUN/results"
+}
+xme_check() {       # xme_check CHECK DETAILS -- COMMAND...: PASS iff COMMAND succeeds
+    local check=$1 details=$2
+    shift 2
+    [ "${1:-}" = -- ] && shift
+    if "$@"; then xme_result "$check" PASS "$details"; else xme_result "$check" FAIL "$details"; fi
+}
+xme_log() { echo "[xme ${XME_SCENARIO:-}] $*"; }
+now_ms() { date +%s%3N; }
+
+# ------------------------------------------------------------------ guests
+# The test guest: PVH + HAP, dom0's Debian kernel, busybox initrd running
+# memtest (ci/guest/memtest.c).  Its console (hvc0) is logged by xenconsoled
+# to $CONSOLE_LOG_DIR/guest-NAME.log; commands go to it through the console
+# pty (xenstore /local/domain/ID/console/tty), one line each.
+
+guest_log() { echo "$CONSOLE_LOG_DIR/guest-$1.log"; }
+guest_domid() { xl domid "$1" 2>/dev/null; }
+
+# guest_state NAME: the xl list state letters (e.g. "-b----"), empty if gone.
+guest_state() { xl list "$1" 2>/dev/null | awk 'NR==2 {print $5}'; }
+
+# wait_log FILE REGEX TIMEOUT_S [NAME]: wait for an extended-regex line in
+# FILE; fails early when guest NAME crashed or vanished.  (Console logs have
+# CRLF line ends from the guest's tty: CRs are stripped before matching.)
+wait_log() {
+    local file=$1 re=$2 t=$3 name=${4:-} deadline st
+    deadline=$(( $(date +%s) + t ))
+    while [ "$(date +%s)" -lt "$deadline" ]; do
+        [ -f "$file" ] && tr -d '\r' < "$file" | grep -Eq -- "$re" && return 0
+        if [ -n "$name" ]; then
+            st=$(guest_state "$name")
+            case "$st" in
+            '') xme_log "guest $name is gone"; return 2 ;;
+            *c*) xme_log "guest $name crashed (state $st)"; return 2 ;;
+            esac
+        fi
+        sleep 0.5
+    done
+    return 1
+}
+
+# guest_create NAME [MEMTEST_ARGS]: create the guest and wait for
+# 'MEMTEST READY'.  Under TCG about 1 boot in 10 triple-faults early, so a
+# boot that crashes (or shows no sign of life) is retried once.
+# Sets GUEST_DOMID.  MEMTEST_ARGS are memtest's options with commas,
+# e.g. "-z,4,-i,4,-u,8,-p,5".
+guest_create() {
+    local name=$1 args=${2:--z,4,-i,4,-u,8,-p,5} cfg log attempt t0 rc
+    cfg=$XME_RUN/$name.cfg
+    log=$(guest_log "$name")
+    sed -e "s|@NAME@|$name|g" -e "s|@KERNEL@|$(cat "$XME/guest/kernel-path")|g" \
+        -e "s|@RAMDISK@|$XME/guest/initrd.gz|g" -e "s|@MEMTEST_ARGS@|$args|g" \
+        "$XME/guest.cfg.in" > "$cfg"
+    for attempt in 1 2; do
+        xl destroy "$name" >/dev/null 2>&1 || true
+        rm -f "$log" "$XME_RUN/$name.seq"
+        t0=$(date +%s)
+        if ! timeout 60 xl create -q "$cfg"; then
+            xme_log "xl create $name failed (attempt $attempt)"
+            continue
+        fi
+        rc=0
+        wait_log "$log" '^MEMTEST READY' "${GUEST_BOOT_TIMEOUT:-120}" "$name" || rc=$?
+        if [ $rc = 0 ]; then
+            GUEST_DOMID=$(guest_domid "$name")
+            xme_log "guest $name is domain $GUEST_DOMID, ready in $(( $(date +%s) - t0 ))s (attempt $attempt)"
+            return 0
+        fi
+        xme_log "guest $name: no 'MEMTEST READY' (attempt $attempt, rc $rc); console log tail:"
+        tail -n 15 "$log" 2>/dev/null | sed 's/^/    | /'
+        xl dmesg 2>/dev/null | tail -n 15 | sed 's/^/    xen| /'
+        cp "$log" "$XME_RUN/$name.attempt$attempt.log" 2>/dev/null || true
+    done
+    xl destroy "$name" >/dev/null 2>&1 || true
+    return 1
+}
+
+guest_destroy() { xl destroy "$1" >/dev/null 2>&1 || true; }
+
+# guest_gfns NAME REGION [MAX]: the gfns (hex, one a line, at most MAX)
+# memtest reported for REGION (zero|ident|unique) in its first report.
+guest_gfns() {
+    awk -v r="$2" -v max="${3:-0}" '
+        function hex(s,   i, v) {          # mawk has no strtonum()
+            v = 0
+            for (i = 1; i <= length(s); i++)
+                v = v * 16 + index("0123456789abcdef", substr(s, i, 1)) - 1
+            return v
+        }
+        { sub(/\r$/, "") }
+        /^MEMTEST READY/ { exit }
+        $1 == "MEMTEST" && $2 == "GFN" && $3 == r {
+            for (i = 4; i <= NF; i++) {
+                n = split($i, a, "-")
+                lo = hex(a[1]); hi = (n > 1) ? hex(a[2]) : lo
+                for (g = lo; g <= hi; g++) {
+                    if (max > 0 && ++out > max) exit
+                    printf "%x\n", g
+                }
+            }
+        }' "$(guest_log "$1")"
+}
+
+# guest_cmd NAME COMMAND [TIMEOUT_S]: send one command to memtest and wait
+# for its answer (the line with 'seq=K'); prints that line.
+guest_cmd() {
+    local name=$1 cmd=$2 t=${3:-60} domid tty seq log line
+    domid=$(guest_domid "$name") || { xme_log "guest $name not running"; return 1; }
+    tty=$(xenstore-read "/local/domain/$domid/console/tty" 2>/dev/null) || true
+    [ -c "$tty" ] || { xme_log "guest $name: no console pty ($tty)"; return 1; }
+    seq=$(( $(cat "$XME_RUN/$name.seq" 2>/dev/null || echo 0) + 1 ))
+    echo "$seq" > "$XME_RUN/$name.seq"
+    log=$(guest_log "$name")
+    printf '%s\n' "$cmd" > "$tty"
+    if ! wait_log "$log" "seq=$seq( |\$)" "$t" "$name"; then
+        xme_log "guest $name: no answer to '$cmd' (seq $seq) within ${t}s"
+        return 1
+    fi
+    line=$(tr -d '\r' < "$log" | grep -E "seq=$seq( |\$)" | tail -n 1)
+    echo "$line"
+}
+
+# ------------------------------------------------------------------ sharing
+# memshare ARGS...: Debian's unpatched xen-memshare.
+memshare() { "$XEN_BIN/xen-memshare" "$@"; }
+
+# nominate DOMID GFN: prints the handle (0x...) or fails.
+nominate() {
+    local out
+    out=$(memshare nominate "$1" "0x$2" 2>&1) || { echo "$out" >&2; return 1; }
+    case "$out" in
+    "handle = "*) echo "${out#handle = }" ;;
+    *) echo "$out" >&2; return 1 ;;
+    esac
+}
+
+# sharing_info: "freed used" from 'xen-memshare info' (whose labels are
+# swapped: it prints xc_sharing_freed_pages() as "used" and
+# xc_sharing_used_frames() as "freed").
+sharing_info() {
+    memshare info | awk '$1 == "used" {f = $3} $1 == "freed" {u = $3} END {print f + 0, u + 0}'
+}
+
+# xen_console_errors: lines of the hypervisor log that mean a Xen bug.
+xen_console_errors() {
+    xl dmesg 2>/dev/null | grep -E 'Assertion .* failed|Xen BUG at|Xen WARN at|FATAL|Panic on CPU|Xen call trace' || true
+}

@@ -1,0 +1,84 @@
+#!/bin/bash
+# The in-VM driver (dom0, started by xme-tests.service; stdout = /dev/hvc0).
+#
+# Kernel command line (set by ci/run-vm.sh):
+#   xme.scenarios=a+b+c   scenarios to run, in order ('all': every script in
+#                         /opt/xme/scenarios, sorted; 'shell': interactive
+#                         root shell on the console, no tests)
+#   xme.timeout=S         per-scenario timeout (default 600)
+# Prints 'XME-RESULT <scenario>.<check> PASS|FAIL <details>' lines and
+# finally 'XME-DONE pass=N fail=M'.  The unit powers the VM off afterwards.
+set -uo pipefail
+XME=/opt/xme
+. "$XME/lib.sh"
+
+param() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^$1=//p" | tail -n 1; }
+scenarios=$(param xme.scenarios)
+scenarios=${scenarios:-compat-legacy}
+per_timeout=$(param xme.timeout)
+per_timeout=${per_timeout:-600}
+
+echo "XME-BEGIN scenarios=$scenarios uptime=$(cut -d' ' -f1 /proc/uptime)s"
+rm -f "$XME_RUN/results"
+
+if [ "$scenarios" = shell ]; then
+    echo "xme: interactive shell (exit or 'poweroff -f' to stop the VM)"
+    TERM=vt100 setsid -c /bin/bash -l </dev/hvc0 >/dev/hvc0 2>&1 || true
+    echo "XME-DONE pass=0 fail=0 shell"
+    exit 0
+fi
+
+# Xen's daemons: xen.service (Debian's /etc/init.d/xen) should have started
+# xenstored and xenconsoled; start them ourselves if not.
+ok=0
+for i in $(seq 1 60); do
+    if xenstore-read /local/domain/0/name >/dev/null 2>&1 && pgrep -x xenconsoled >/dev/null; then
+        ok=1; break
+    fi
+    [ "$i" = 10 ] && { echo "xme: starting /etc/init.d/xen by hand"; /etc/init.d/xen start || true; }
+    sleep 1
+done
+XME_SCENARIO=setup
+if [ $ok = 1 ]; then
+    xme_result xen-daemons PASS "xenstored+xenconsoled up after ${i}s"
+else
+    xme_result xen-daemons FAIL "xenstored/xenconsoled not running after 60s"
+fi
+xl info 2>/dev/null | grep -E '^(xen_version|xen_extra|virt_caps|total_memory|free_memory|xen_commandline)' | sed 's/^/xme: /'
+
+if [ "$scenarios" = all ]; then
+    scenarios=$(cd "$XME/scenarios" && ls -1 ./*.sh | sed 's|^\./||; s|\.sh$||' | tr '\n' '+')
+fi
+IFS=+ read -r -a list <<< "$scenarios"
+for s in "${list[@]}"; do
+    [ -n "$s" ] || continue
+    f=$XME/scenarios/$s.sh
+    if [ ! -f "$f" ]; then
+        XME_SCENARIO=$s xme_result exists FAIL "no $f"
+        continue
+    fi
+    echo "xme: === scenario $s (timeout ${per_timeout}s) ==="
+    t0=$(date +%s)
+    XME_SCENARIO=$s timeout -k 10 "$per_timeout" bash "$f"
+    rc=$?
+    if [ $rc = 124 ] || [ $rc = 137 ]; then
+        XME_SCENARIO=$s xme_result complete FAIL "timeout after ${per_timeout}s"
+    elif [ $rc != 0 ]; then
+        XME_SCENARIO=$s xme_result complete FAIL "exit status $rc"
+    else
+        XME_SCENARIO=$s xme_result complete PASS "$(( $(date +%s) - t0 ))s"
+    fi
+    # Leave nothing behind for the next scenario.
+    for d in $(xl list 2>/dev/null | awk 'NR > 2 {print $1}'); do xl destroy "$d" 2>/dev/null || true; done
+done
+
+errs=$(xen_console_errors)
+if [ -n "$errs" ]; then
+    echo "$errs" | sed 's/^/xme: xen: /'
+    XME_SCENARIO=final xme_result xen-console FAIL "hypervisor reported errors (above)"
+fi
+pass=$(grep -c ' PASS$' "$XME_RUN/results" || true)
+fail=$(grep -c ' FAIL$' "$XME_RUN/results" || true)
+sync
+echo "XME-DONE pass=$pass fail=$fail"
+exit 0
