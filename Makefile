@@ -21,7 +21,8 @@ XEN_FLAVOUR := release
 endif
 
 .PHONY: all deps xen-src xen xen-debug xen-release xen-libs series-check \
-        check harness-asan bench bench-smoke test run vm-image vm-test clean help
+        check harness-asan bench bench-smoke test run vm-image vm-test vm-shell \
+        clean help
 
 all: xen xen-libs check
 
@@ -81,11 +82,22 @@ bench-smoke: xen-src
 test: deps series-check xen-release xen-debug xen-libs check harness-asan bench-smoke
 	@echo "make test: all tiers passed"
 
-run:
-	@echo "make run: the VM tier (boot the patched Xen in QEMU with a guest and"
-	@echo "both consumers attached) is not wired up yet; nothing was run."
-	@echo "Today 'make test' builds and checks everything up to the Rust crates."
-	@exit 1
+## The VM tier: debug Xen (+ ci/xen-test-patches), Debian dom0, test guests.
+vm-image: xen-src
+	@bash ci/vm-image.sh
+
+## Every scenario of ci/vm/scenarios; fails on any FAIL or hypervisor error.
+vm-test: vm-image
+	@bash ci/run-vm.sh --scenarios all
+
+## The main job: boot the VM, attach both consumers to a guest, trigger
+## sharing, OOM and invalidation, show the tools' live output and a summary.
+run: vm-image
+	@bash ci/run-vm.sh --scenarios demo
+
+## A root shell in the VM (poweroff -f to leave).
+vm-shell: vm-image
+	@bash ci/run-vm.sh --shell
 
 clean:
 	rm -rf $(BUILD)/obj target

@@ -35,6 +35,14 @@ if newer "$H/xme-peek" "$ci_top/ci/dom0/xme-peek.c"; then
     mv "$H/xme-peek.tmp" "$H/xme-peek"
 fi
 
+if newer "$H/xme-mem" "$ci_top/ci/dom0/xme-mem.c"; then
+    log "compiling xme-mem"
+    # shellcheck disable=SC2046
+    gcc -O2 -Wall -Wextra -Werror -o "$H/xme-mem.tmp" "$ci_top/ci/dom0/xme-mem.c" \
+        $(pkg-config --cflags --libs xencontrol)
+    mv "$H/xme-mem.tmp" "$H/xme-mem"
+fi
+
 if newer "$G/initrd.gz" "$G/memtest" "$ci_top/ci/guest/init" "$BUSYBOX" "$0"; then
     log "assembling guest initrd"
     r=$G/initrd.root

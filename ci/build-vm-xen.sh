@@ -134,7 +134,8 @@ if [ ! -f "$TREE/config/Tools.mk" ] || [ "$(cat "$VM/tools-configure.stamp" 2>/d
 fi
 log "tools: building tools/include, tools/libs, tools/xenpaging (-j$JOBS; log $VM/tools-build.log)"
 t0=$(date +%s)
-if ! { tmake -C tools/include && tmake -C tools/libs -j"$JOBS" && tmake -C tools/xenpaging -j"$JOBS"; } \
+if ! { tmake -C tools/include && tmake -C tools/libs -j"$JOBS" && tmake -C tools/xenpaging -j"$JOBS" &&
+       tmake -C tools/tests/mem-event; } \
         > "$VM/tools-build.log" 2>&1; then
     tail -n 40 "$VM/tools-build.log" >&2
     die "tools build failed (full log: $VM/tools-build.log)"
@@ -144,6 +145,8 @@ log "tools: built ($(( $(date +%s) - t0 ))s)"
 rm -rf "$STAGE/usr/local/lib/xme/lib"
 mkdir -p "$STAGE/usr/local/lib/xme/bin" "$STAGE/usr/local/lib/xme/lib"
 install -m 0755 "$TREE/tools/xenpaging/xenpaging" "$STAGE/usr/local/lib/xme/bin/xenpaging"
+# The series' C test program (needs the patched libxenctrl, see below).
+install -m 0755 "$TREE/tools/tests/mem-event/test-mem-event" "$STAGE/usr/local/lib/xme/bin/test-mem-event"
 # The libraries (symlinks kept), for tools that need the patched libxenctrl:
 # run them with LD_LIBRARY_PATH=/usr/local/lib/xme/lib.
 find "$TREE/tools/libs" -maxdepth 2 -name 'lib*.so*' \( -type f -o -type l \) \

@@ -8,7 +8,7 @@ set -euo pipefail
 XME_LOG_TAG=vm-image
 . "$(dirname "$0")/lib.sh"
 t0=$(date +%s)
-for step in build-vm-xen build-guest build-rootfs; do
+for step in build-vm-xen build-guest stage-tools build-rootfs; do
     s=$(date +%s)
     "$ci_top/ci/$step.sh"
     log "$step: $(( $(date +%s) - s ))s"

@@ -165,3 +165,82 @@ sharing_info() {
 xen_console_errors() {
     xl dmesg 2>/dev/null | grep -E 'Assertion .* failed|Xen BUG at|Xen WARN at|FATAL|Panic on CPU|Xen call trace' || true
 }
+
+# share_pages NAME DOMID REGION MODE N: nominate up to N gfns of REGION
+# (zero|ident), THEN check their contents through a read-only mapping
+# (MODE zero|same), THEN share the checked ones with the first (Debian's
+# xen-memshare).  Sets SHARED, CHECKED, NOMINATED.
+share_pages() {
+    local name=$1 d=$2 region=$3 mode=$4 n=$5 gfns g h src src_h out
+    local -A hs=()
+    local -a ok
+    SHARED=0 CHECKED=0 NOMINATED=0
+    mapfile -t gfns < <(guest_gfns "$name" "$region" "$n")
+    [ "${#gfns[@]}" -ge 2 ] || { xme_log "$region: only ${#gfns[@]} gfns reported"; return 1; }
+    for g in "${gfns[@]}"; do
+        h=$(nominate "$d" "$g") || { xme_log "nominate $g failed"; continue; }
+        hs[$g]=$h
+    done
+    src=${gfns[0]} src_h=${hs[${gfns[0]}]:-}
+    [ -n "$src_h" ] || { xme_log "$region: source gfn $src not nominated"; return 1; }
+    if [ "$mode" = zero ]; then
+        mapfile -t ok < <(xme-peek "$d" zero "${!hs[@]}")
+    else
+        mapfile -t ok < <(xme-peek "$d" same "$src" "${!hs[@]}")
+    fi
+    CHECKED=${#ok[@]} NOMINATED=${#hs[@]}
+    for g in "${ok[@]}"; do
+        [ "$g" = "$src" ] && continue
+        if out=$(memshare share "$d" "0x$g" "${hs[$g]}" "$d" "0x$src" "$src_h" 2>&1); then
+            SHARED=$((SHARED + 1))
+        else
+            xme_log "share $g -> $src: $out"
+        fi
+    done
+    xme_log "$region: nominated $NOMINATED, contents ok $CHECKED, shared $SHARED"
+}
+
+# ------------------------------------------------------------------ our tools
+# jcount FILE KIND [PATTERN...]: JSON Lines of FILE with "kind":"KIND" and
+# every PATTERN (fixed strings; keys are printed in sorted order).
+jcount() {
+    local f=$1 k=$2 p lines
+    shift 2
+    lines=$(grep -F "\"kind\":\"$k\"" "$f" 2>/dev/null)
+    for p in "$@"; do lines=$(printf '%s\n' "$lines" | grep -F -- "$p"); done
+    printf '%s' "$lines" | grep -c . || true
+}
+# jfield FILE KIND FIELD: FIELD of the last KIND line of FILE (numbers, bools).
+jfield() {
+    grep -F "\"kind\":\"$2\"" "$1" 2>/dev/null | tail -n 1 |
+        sed -n "s/.*\"$3\":\"\{0,1\}\([^,\"}]*\).*/\1/p"
+}
+# ring_field DOMID TYPE FIELD: FIELD of the ring from 'xen-mem-event status --json'.
+ring_field() {
+    xen-mem-event status --domain "$1" --json 2>/dev/null | grep -F "\"type\":\"$2\"" |
+        sed -n "s/.*\"$3\":\([^,}]*\).*/\1/p"
+}
+# wait_for TIMEOUT_S COMMAND...: poll COMMAND every 0.5 s until it succeeds.
+wait_for() {
+    local t=$1 deadline
+    shift
+    deadline=$(( $(date +%s) + t ))
+    while [ "$(date +%s)" -lt "$deadline" ]; do
+        "$@" && return 0
+        sleep 0.5
+    done
+    return 1
+}
+ring_connected() { [ "$(ring_field "$1" "$2" connected)" = true ]; }
+ring_absent() { ! xen-mem-event status --domain "$1" --json 2>/dev/null | grep -qF "\"type\":\"$2\""; }
+# stop_tool PID [SIG]: send SIG (INT) to our child PID, wait for it; sets STOP_RC.
+stop_tool() {
+    local pid=$1 sig=${2:-INT} i
+    kill -"$sig" "$pid" 2>/dev/null
+    for i in $(seq 1 60); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.5
+    done
+    wait "$pid"
+    STOP_RC=$?
+}

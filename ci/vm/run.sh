@@ -47,7 +47,8 @@ fi
 xl info 2>/dev/null | grep -E '^(xen_version|xen_extra|virt_caps|total_memory|free_memory|xen_commandline)' | sed 's/^/xme: /'
 
 if [ "$scenarios" = all ]; then
-    scenarios=$(cd "$XME/scenarios" && ls -1 ./*.sh | sed 's|^\./||; s|\.sh$||' | tr '\n' '+')
+    # Every scenario but the demo of 'make run'.
+    scenarios=$(cd "$XME/scenarios" && ls -1 ./*.sh | sed 's|^\./||; s|\.sh$||' | grep -vx demo | tr '\n' '+')
 fi
 IFS=+ read -r -a list <<< "$scenarios"
 for s in "${list[@]}"; do

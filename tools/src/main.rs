@@ -436,7 +436,7 @@ fn explain(e: &ToolError) -> String {
             "the hypervisor does not have XEN_DOMCTL_mem_event_ring: boot a Xen with the xen-mem-event series".into()
         }
         ToolError::Xen(e @ Error::Busy { .. }) => {
-            format!("{e}: the ring already has a consumer (use --takeover if that consumer died)")
+            format!("{e} (use --takeover if that consumer died)")
         }
         e => e.to_string(),
     }

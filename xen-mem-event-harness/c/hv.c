@@ -192,9 +192,12 @@ unsigned int hv_vcpu_pause_count(struct hv_ring *r, unsigned int vcpu)
     return c;
 }
 
+/* ring_get_info(): async rings look at the consumer index first. */
 void hv_ring_stats(struct hv_ring *r, struct hv_stats *s)
 {
     pthread_mutex_lock(&r->lock);
+    if ( !r->core.sync )
+        mem_event_ring_update_cons(&r->core);
     s->produced = r->core.stats.produced;
     s->consumed = r->core.stats.consumed;
     s->lost = r->core.stats.lost;

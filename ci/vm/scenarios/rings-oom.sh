@@ -1,0 +1,120 @@
+#!/bin/bash
+# rings-oom: OOM and handle invalidation end to end, each on its own ring
+# with its own consumer process.
+#
+#  1. boot the guest; attach the invalidate watcher and the OOM pager
+#  2. share identical pages (Debian's xen-memshare, nominate -> check
+#     contents -> share): MERGED records for the pages merged away
+#  3. cap the guest's allowance at what it owns (paused), so that every
+#     unshare that needs a copy fails for lack of memory
+#  4. the guest writes every shared page: its vCPU pauses on each failed
+#     unshare, the pager raises the allowance by one page and answers, the
+#     vCPU retries; the guest then verifies all its memory
+#  5. counts: one OOM event per copied page, UNSHARED records for every
+#     gfn, HANDLE_GONE for the last gfn of each page, produced = consumed,
+#     nothing lost, no vCPU left paused; both tools detach cleanly
+set -uo pipefail
+. /opt/xme/lib.sh
+
+G=oom
+N=${XME_NSHARE:-24}
+fail=0
+result() { xme_result "$@"; [ "$2" = PASS ] || fail=1; }
+
+if ! guest_create "$G"; then
+    result guest-boot FAIL "no MEMTEST READY after 2 attempts"
+    exit 1
+fi
+D=$GUEST_DOMID
+result guest-boot PASS "domid=$D"
+memshare enable "$D" >/dev/null 2>&1 || { result share-enable FAIL "xen-memshare enable $D"; guest_destroy "$G"; exit 1; }
+
+R=$XME_RUN/oom
+xen-mem-event watch --domain "$D" --records --batch 16 --json > "$R-watch.jsonl" 2> "$R-watch.err" &
+W=$!
+xen-mem-event pager --domain "$D" --step 4 --json > "$R-pager.jsonl" 2> "$R-pager.err" &
+P=$!
+if wait_for 20 ring_connected "$D" SHARING_OOM && wait_for 20 ring_connected "$D" SHARING_INVALIDATE; then
+    result attach PASS "pager and watcher attached"
+else
+    result attach FAIL "$(cat "$R-pager.err" "$R-watch.err" | tr '\n' ' ')"
+fi
+
+# ------------------------------------------------------------ 2. share
+share_pages "$G" "$D" zero zero "$N"; sz=$SHARED nz=$NOMINATED
+share_pages "$G" "$D" ident same "$N"; si=$SHARED ni=$NOMINATED
+shared=$((sz + si)) nominated=$((nz + ni))
+if [ $sz = $((N - 1)) ] && [ $si = $((N - 1)) ]; then
+    result share PASS "$shared gfns merged into 2 shared pages"
+else
+    result share FAIL "shared zero=$sz ident=$si, want $((N - 1)) each"
+fi
+wait_for 10 sh -c "[ \$(grep -c '\"reason\":\"merged\"' '$R-watch.jsonl') -ge $shared ]"
+merged=$(jcount "$R-watch.jsonl" invalidate '"reason":"merged"')
+merged_gone=$(jcount "$R-watch.jsonl" invalidate '"reason":"merged"' '"handle_gone":true')
+if [ "$merged" = "$shared" ] && [ "$merged_gone" = "$shared" ]; then
+    result invalidate-merged PASS "$merged MERGED records, all with the client handle gone"
+else
+    result invalidate-merged FAIL "MERGED records $merged (handle gone $merged_gone), want $shared"
+fi
+
+# ------------------------------------------------------------ 3. cap
+xl pause "$D"
+read -r tot max < <(xme-mem "$D" cap)
+xl unpause "$D"
+xme_log "allowance capped at $max KiB (owns $tot KiB)"
+
+# ------------------------------------------------------------ 4. write
+line=$(guest_cmd "$G" write 300) || line="(no answer)"
+case "$line" in
+"MEMTEST PASS "*) result write-through-oom PASS "${line#MEMTEST }" ;;
+*) result write-through-oom FAIL "$line" ;;
+esac
+line=$(guest_cmd "$G" verify 120) || line="(no answer)"
+case "$line" in
+"MEMTEST PASS "*) result verify PASS "${line#MEMTEST }" ;;
+*) result verify FAIL "$line" ;;
+esac
+
+# ------------------------------------------------------------ 5. counts
+# Every nominated gfn is unshared by the write: with a copy, except the
+# last gfn of each page (merged or not), which makes the page private.
+copies=$shared
+pages=$((nominated - shared))
+wait_for 10 sh -c "[ \$(grep -c '\"reason\":\"unshared\"' '$R-watch.jsonl') -ge $nominated ]"
+ooms=$(jcount "$R-pager.jsonl" oom '"answered":true')
+unshared=$(jcount "$R-watch.jsonl" invalidate '"reason":"unshared"')
+last=$(jcount "$R-watch.jsonl" invalidate '"reason":"unshared"' '"handle_gone":true')
+paused=$(ring_field "$D" SHARING_OOM paused_vcpus)
+# One event per copy; making a page private again (its last gfn) takes
+# the domain one page over its allowance without allocating, which costs
+# at most one more event per page made private.
+if [ "$ooms" -ge "$copies" ] && [ "$ooms" -le $((copies + pages)) ] && [ "$paused" = 0 ]; then
+    result oom-events PASS "$ooms OOM events answered for $copies copies, 0 vCPUs paused; e.g. $(grep -m1 '"kind":"oom"' "$R-pager.jsonl")"
+else
+    result oom-events FAIL "OOM events answered $ooms, want $copies..$((copies + pages)); paused vCPUs '$paused'"
+fi
+if [ "$unshared" = "$nominated" ] && [ "$last" = "$pages" ]; then
+    result invalidate-unshared PASS "$unshared UNSHARED records, $last with the handle gone (last gfn of each page)"
+else
+    result invalidate-unshared FAIL "UNSHARED $unshared (want $nominated), handle gone $last (want $pages)"
+fi
+prod=$(ring_field "$D" SHARING_INVALIDATE produced)
+cons=$(ring_field "$D" SHARING_INVALIDATE consumed)
+lost=$(ring_field "$D" SHARING_INVALIDATE lost)
+bad=$(ring_field "$D" SHARING_OOM bad_responses)
+if [ -n "$prod" ] && [ "$prod" = "$cons" ] && [ "$lost" = 0 ] && [ "$prod" = $((merged + unshared)) ] && [ "$bad" = 0 ]; then
+    result ring-counters PASS "invalidate produced=$prod consumed=$cons lost=$lost; OOM bad responses $bad"
+else
+    result ring-counters FAIL "invalidate produced=$prod consumed=$cons lost=$lost (records seen $((merged + unshared))); OOM bad responses $bad"
+fi
+
+stop_tool "$P"; prc=$STOP_RC
+stop_tool "$W"; wrc=$STOP_RC
+if [ "$prc" = 0 ] && [ "$wrc" = 0 ] && wait_for 10 ring_absent "$D" SHARING_OOM && ring_absent "$D" SHARING_INVALIDATE; then
+    result detach PASS "pager: $(grep '"kind":"summary"' "$R-pager.jsonl")"
+else
+    result detach FAIL "pager rc=$prc watcher rc=$wrc; $(tail -n 2 "$R-pager.err" "$R-watch.err" | tr '\n' ' ')"
+fi
+guest_destroy "$G"
+exit $fail
