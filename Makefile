@@ -14,6 +14,9 @@ BUILD  := $(TOP)/build
 XEN    := $(BUILD)/xen
 CARGO  ?= cargo
 
+# Whole VM run (boot + every scenario), seconds; each scenario has 600 s.
+VM_TIMEOUT ?= 2400
+
 ifeq ($(DEBUG),y)
 XEN_FLAVOUR := debug
 else
@@ -88,7 +91,7 @@ vm-image: xen-src
 
 ## Every scenario of ci/vm/scenarios; fails on any FAIL or hypervisor error.
 vm-test: vm-image
-	@bash ci/run-vm.sh --scenarios all
+	@bash ci/run-vm.sh --scenarios all --timeout $(VM_TIMEOUT)
 
 ## The main job: boot the VM, attach both consumers to a guest, trigger
 ## sharing, OOM and invalidation, show the tools' live output and a summary.
