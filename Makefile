@@ -82,7 +82,7 @@ bench: xen-src
 bench-smoke: xen-src
 	$(CARGO) run --locked -p xen-mem-event-bench --bin xme-bench -- --smoke
 
-test: deps series-check xen-release xen-debug xen-libs check harness-asan bench-smoke
+test: deps series-check xen-release xen-debug xen-libs check harness-asan bench-smoke vm-test
 	@echo "make test: all tiers passed"
 
 ## The VM tier: debug Xen (+ ci/xen-test-patches), Debian dom0, test guests.
@@ -91,7 +91,7 @@ vm-image: xen-src
 
 ## Every scenario of ci/vm/scenarios; fails on any FAIL or hypervisor error.
 vm-test: vm-image
-	@bash ci/run-vm.sh --scenarios all --timeout $(VM_TIMEOUT)
+	@XME_QUIET=$(if $(CI),1,$(XME_QUIET)) bash ci/run-vm.sh --scenarios all --timeout $(VM_TIMEOUT)
 
 ## The main job: boot the VM, attach both consumers to a guest, trigger
 ## sharing, OOM and invalidation, show the tools' live output and a summary.

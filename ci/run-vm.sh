@@ -143,5 +143,9 @@ if [ "$npass" = 0 ]; then
 fi
 if [ $verdict = 0 ]; then
     echo "PASSED: $npass checks"
+elif [ "${XME_QUIET:-0}" = 1 ]; then
+    echo "---- last 200 lines of $clean ----"
+    tail -n 200 "$clean"
 fi
+echo "vm-tier: $npass passed, $nfail failed"
 exit $verdict
