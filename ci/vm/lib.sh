@@ -244,3 +244,31 @@ stop_tool() {
     wait "$pid"
     STOP_RC=$?
 }
+
+# ------------------------------------------------------------------ scenarios
+# result CHECK PASS|FAIL DETAILS: xme_result, remembering failures in $fail
+# (the scenario's exit status: 'exit $fail').
+fail=0
+result() { xme_result "$@"; [ "$2" = PASS ] || fail=1; }
+
+# boot_guest NAME [MEMTEST_ARGS]: guest_create with its guest-boot result;
+# ends the scenario if the guest does not come up.  Sets D.
+boot_guest() {
+    if ! guest_create "$@"; then
+        result guest-boot FAIL "no MEMTEST READY after 2 attempts"
+        exit 1
+    fi
+    D=$GUEST_DOMID
+    result guest-boot PASS "domid=$D"
+}
+
+# memtest_check CHECK NAME COMMAND TIMEOUT_S: send COMMAND to the guest's
+# memtest; CHECK passes iff it answers MEMTEST PASS.
+memtest_check() {
+    local line
+    line=$(guest_cmd "$2" "$3" "$4") || line="(no answer)"
+    case "$line" in
+    "MEMTEST PASS "*) result "$1" PASS "${line#MEMTEST }" ;;
+    *) result "$1" FAIL "$line" ;;
+    esac
+}

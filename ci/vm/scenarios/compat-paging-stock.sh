@@ -11,16 +11,9 @@ set -uo pipefail
 G=pgstock
 XENPAGING=/usr/lib/xen-4.17/bin/xenpaging
 OUT_MB=${XME_PAGE_OUT_MB:-16}
-fail=0
-result() { xme_result "$@"; [ "$2" = PASS ] || fail=1; }
 tot_kb() { xl list "$1" 2>/dev/null | awk 'NR == 2 {print $3 * 1024}'; }
 
-if ! guest_create "$G"; then
-    result guest-boot FAIL "no MEMTEST READY after 2 attempts"
-    exit 1
-fi
-D=$GUEST_DOMID
-result guest-boot PASS "domid=$D"
+boot_guest "$G"
 m0=$(xl dmesg | grep -c 'vm_event interface version mismatch')
 
 pout=$XME_RUN/xenpaging-stock-$D.out

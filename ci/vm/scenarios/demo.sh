@@ -7,14 +7,10 @@ set -uo pipefail
 
 G=demo
 N=${XME_NSHARE:-24}
-fail=0
-result() { xme_result "$@"; [ "$2" = PASS ] || fail=1; }
 say() { echo; echo "=== $* ==="; }
 
 say "booting the test guest (PVH, HAP) under the patched Xen"
-guest_create "$G" || { result guest-boot FAIL "no MEMTEST READY"; exit 1; }
-D=$GUEST_DOMID
-result guest-boot PASS "domid=$D"
+boot_guest "$G"
 memshare enable "$D" >/dev/null
 
 say "attaching the OOM pager and the invalidate watcher to d$D (two processes, two rings)"
@@ -39,12 +35,8 @@ say "capping d$D's allowance at what it owns: every unshare now needs the pager"
 xl pause "$D"; xme-mem "$D" cap; xl unpause "$D"
 
 say "the guest writes every shared page (vCPU pauses on each failed unshare)"
-line=$(guest_cmd "$G" write 300) || line="(no answer)"
-echo "[guest]   $line"
-case "$line" in "MEMTEST PASS "*) result write PASS "${line#MEMTEST }" ;; *) result write FAIL "$line" ;; esac
-line=$(guest_cmd "$G" verify 120) || line="(no answer)"
-echo "[guest]   $line"
-case "$line" in "MEMTEST PASS "*) result verify PASS "${line#MEMTEST }" ;; *) result verify FAIL "$line" ;; esac
+memtest_check write "$G" write 300
+memtest_check verify "$G" verify 120
 sleep 3
 
 say "ring status"

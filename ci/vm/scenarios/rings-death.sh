@@ -16,17 +16,10 @@ set -uo pipefail
 
 G=death
 N=${XME_NSHARE:-12}
-fail=0
-result() { xme_result "$@"; [ "$2" = PASS ] || fail=1; }
 free_mb() { xl info | awk '$1 == "free_memory" {print $3}'; }
 
 free0=$(free_mb)
-if ! guest_create "$G"; then
-    result guest-boot FAIL "no MEMTEST READY after 2 attempts"
-    exit 1
-fi
-D=$GUEST_DOMID
-result guest-boot PASS "domid=$D, free memory before it ${free0} MB"
+boot_guest "$G"
 memshare enable "$D" >/dev/null 2>&1 || { result share-enable FAIL "xen-memshare enable $D"; guest_destroy "$G"; exit 1; }
 share_pages "$G" "$D" zero zero "$N"
 shared=$SHARED

@@ -10,15 +10,8 @@ set -uo pipefail
 
 G=loss
 N=${XME_NSHARE:-40}
-fail=0
-result() { xme_result "$@"; [ "$2" = PASS ] || fail=1; }
 
-if ! guest_create "$G"; then
-    result guest-boot FAIL "no MEMTEST READY after 2 attempts"
-    exit 1
-fi
-D=$GUEST_DOMID
-result guest-boot PASS "domid=$D"
+boot_guest "$G"
 memshare enable "$D" >/dev/null 2>&1 || { result share-enable FAIL "xen-memshare enable $D"; guest_destroy "$G"; exit 1; }
 
 R=$XME_RUN/loss
@@ -57,10 +50,6 @@ if [ "$STOP_RC" = 0 ] && [ "$seen" = 128 ] && [ "$told" = "$lost" ] && [ "$xen_p
 else
     result loss-accounting FAIL "rc=$STOP_RC consumed $seen, watcher lost $told, Xen produced $xen_prod lost $xen_lost, attempts $attempts"
 fi
-line=$(guest_cmd "$G" verify 120) || line="(no answer)"
-case "$line" in
-"MEMTEST PASS "*) result verify PASS "${line#MEMTEST }" ;;
-*) result verify FAIL "$line" ;;
-esac
+memtest_check verify "$G" verify 120
 guest_destroy "$G"
 exit $fail

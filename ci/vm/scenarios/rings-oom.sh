@@ -18,15 +18,8 @@ set -uo pipefail
 
 G=oom
 N=${XME_NSHARE:-24}
-fail=0
-result() { xme_result "$@"; [ "$2" = PASS ] || fail=1; }
 
-if ! guest_create "$G"; then
-    result guest-boot FAIL "no MEMTEST READY after 2 attempts"
-    exit 1
-fi
-D=$GUEST_DOMID
-result guest-boot PASS "domid=$D"
+boot_guest "$G"
 memshare enable "$D" >/dev/null 2>&1 || { result share-enable FAIL "xen-memshare enable $D"; guest_destroy "$G"; exit 1; }
 
 R=$XME_RUN/oom
@@ -65,16 +58,8 @@ xl unpause "$D"
 xme_log "allowance capped at $max KiB (owns $tot KiB)"
 
 # ------------------------------------------------------------ 4. write
-line=$(guest_cmd "$G" write 300) || line="(no answer)"
-case "$line" in
-"MEMTEST PASS "*) result write-through-oom PASS "${line#MEMTEST }" ;;
-*) result write-through-oom FAIL "$line" ;;
-esac
-line=$(guest_cmd "$G" verify 120) || line="(no answer)"
-case "$line" in
-"MEMTEST PASS "*) result verify PASS "${line#MEMTEST }" ;;
-*) result verify FAIL "$line" ;;
-esac
+memtest_check write-through-oom "$G" write 300
+memtest_check verify "$G" verify 120
 
 # ------------------------------------------------------------ 5. counts
 # Every nominated gfn is unshared by the write: with a copy, except the

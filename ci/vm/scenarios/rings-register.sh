@@ -7,15 +7,8 @@ set -uo pipefail
 . /opt/xme/lib.sh
 
 G=reg
-fail=0
-result() { xme_result "$@"; [ "$2" = PASS ] || fail=1; }
 
-if ! guest_create "$G"; then
-    result guest-boot FAIL "no MEMTEST READY after 2 attempts"
-    exit 1
-fi
-D=$GUEST_DOMID
-result guest-boot PASS "domid=$D"
+boot_guest "$G"
 
 # --------------------------------------------------------- the C test program
 out=$(LD_LIBRARY_PATH=/usr/local/lib/xme/lib /usr/local/lib/xme/bin/test-mem-event "$D" 2>&1)
@@ -125,10 +118,6 @@ else
     result bad-frames FAIL "rc=$rc: $out"
 fi
 
-line=$(guest_cmd "$G" verify 60) || line="(no answer)"
-case "$line" in
-"MEMTEST PASS "*) result guest-fine PASS "${line#MEMTEST }" ;;
-*) result guest-fine FAIL "$line" ;;
-esac
+memtest_check guest-fine "$G" verify 60
 guest_destroy "$G"
 exit $fail
