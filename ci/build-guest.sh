@@ -5,6 +5,8 @@
 #   build/vm/helpers/xme-peek    dom0: read-only foreign-map page checks
 #                                (ci/dom0/xme-peek.c, links Debian's
 #                                libxenforeignmemory.so.1, same ABI as dom0's)
+#   build/vm/helpers/xme-legacy-share  dom0: a sharing helper on the legacy
+#                                sharing vm_event ring (ci/dom0/xme-legacy-share.c)
 # The guest kernel is dom0's Debian vmlinuz (PVH-capable), used in place.
 set -euo pipefail
 XME_LOG_TAG=guest
@@ -41,6 +43,14 @@ if newer "$H/xme-mem" "$ci_top/ci/dom0/xme-mem.c"; then
     gcc -O2 -Wall -Wextra -Werror -o "$H/xme-mem.tmp" "$ci_top/ci/dom0/xme-mem.c" \
         $(pkg-config --cflags --libs xencontrol)
     mv "$H/xme-mem.tmp" "$H/xme-mem"
+fi
+
+if newer "$H/xme-legacy-share" "$ci_top/ci/dom0/xme-legacy-share.c"; then
+    log "compiling xme-legacy-share"
+    # shellcheck disable=SC2046
+    gcc -O2 -Wall -Wextra -Werror -o "$H/xme-legacy-share.tmp" "$ci_top/ci/dom0/xme-legacy-share.c" \
+        $(pkg-config --cflags --libs xencontrol xenevtchn xenforeignmemory)
+    mv "$H/xme-legacy-share.tmp" "$H/xme-legacy-share"
 fi
 
 if newer "$G/initrd.gz" "$G/memtest" "$ci_top/ci/guest/init" "$BUSYBOX" "$0"; then

@@ -149,7 +149,7 @@ echo "/boot/vmlinuz-$kver" > "$VM/guest-kernel-path"
 
 # ---------------------------------------------------------------- 3. image
 t0=$(date +%s)
-for f in "$VM/guest/initrd.gz" "$VM/helpers/xme-peek" "$VM/helpers/xme-mem"; do
+for f in "$VM/guest/initrd.gz" "$VM/helpers/xme-peek" "$VM/helpers/xme-mem" "$VM/helpers/xme-legacy-share"; do
     [ -f "$f" ] || die "$f missing: run ci/build-guest.sh first"
 done
 rm -rf "$IMGROOT"
@@ -158,7 +158,7 @@ O=$IMGROOT/opt/xme
 mkdir -p "$O/bin" "$O/guest"
 cp -r "$ci_top"/ci/vm/. "$O/"
 cp "$VM/guest/initrd.gz" "$O/guest/initrd.gz"
-cp "$VM/helpers/xme-peek" "$VM/helpers/xme-mem" "$O/bin/"
+cp "$VM/helpers/xme-peek" "$VM/helpers/xme-mem" "$VM/helpers/xme-legacy-share" "$O/bin/"
 echo "/boot/vmlinuz-$kver" > "$O/guest/kernel-path"
 find "$O" -name '*.sh' -exec chmod 0755 {} +
 # build/vm/stage/ lands at / (new files only: never write through a hard link).

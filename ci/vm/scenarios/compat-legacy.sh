@@ -21,17 +21,10 @@ G=legacy
 # Pages to share per region.  Each xen-memshare call is a process start
 # (~0.2 s under TCG): keep this small.
 NSHARE=${XME_NSHARE:-24}
-fail=0
 SRC=
-result() { xme_result "$@"; [ "$2" = PASS ] || fail=1; }
 
 # ---------------------------------------------------------------- 1. boot
-if ! guest_create "$G"; then
-    result guest-boot FAIL "no MEMTEST READY after 2 attempts"
-    exit 1
-fi
-D=$GUEST_DOMID
-result guest-boot PASS "domid=$D"
+boot_guest "$G"
 
 # ---------------------------------------------------------------- 2. share
 if ! out=$(memshare enable "$D" 2>&1); then

@@ -15,20 +15,13 @@ set -uo pipefail
 G=paging
 XENPAGING=${XME_XENPAGING:-/usr/local/lib/xme/bin/xenpaging}
 OUT_MB=${XME_PAGE_OUT_MB:-16}        # how much to page out
-fail=0
-result() { xme_result "$@"; [ "$2" = PASS ] || fail=1; }
 tot_kb() { xl list "$1" 2>/dev/null | awk 'NR == 2 {print $3 * 1024}'; }
 
 if [ ! -x "$XENPAGING" ]; then
     result setup FAIL "$XENPAGING missing (ci/build-vm-xen.sh stages it)"
     exit 1
 fi
-if ! guest_create "$G"; then
-    result guest-boot FAIL "no MEMTEST READY after 2 attempts"
-    exit 1
-fi
-D=$GUEST_DOMID
-result guest-boot PASS "domid=$D"
+boot_guest "$G"
 
 # Earlier scenarios (compat-paging-stock) leave mismatch lines behind.
 m0=$(xl dmesg | grep -c 'vm_event interface version mismatch')

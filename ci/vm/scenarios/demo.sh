@@ -32,7 +32,7 @@ share_pages "$G" "$D" ident same "$N"
 sleep 3
 
 say "capping d$D's allowance at what it owns: every unshare now needs the pager"
-xl pause "$D"; xme-mem "$D" cap; xl unpause "$D"
+cap_allowance "$D"
 
 say "the guest writes every shared page (vCPU pauses on each failed unshare)"
 memtest_check write "$G" write 300

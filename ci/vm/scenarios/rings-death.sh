@@ -30,7 +30,7 @@ R=$XME_RUN/death
 xen-mem-event pager --domain "$D" --exec false --json > "$R-pager1.jsonl" 2> "$R-pager1.err" &
 P1=$!
 wait_for 20 ring_connected "$D" SHARING_OOM || result attach FAIL "$(cat "$R-pager1.err")"
-xl pause "$D"; xme-mem "$D" cap >/dev/null; xl unpause "$D"
+cap_allowance "$D"
 
 # The guest's write now blocks on the first unshare: do not wait for it.
 log=$(guest_log "$G")

@@ -52,10 +52,7 @@ else
 fi
 
 # ------------------------------------------------------------ 3. cap
-xl pause "$D"
-read -r tot max < <(xme-mem "$D" cap)
-xl unpause "$D"
-xme_log "allowance capped at $max KiB (owns $tot KiB)"
+cap_allowance "$D"
 
 # ------------------------------------------------------------ 4. write
 memtest_check write-through-oom "$G" write 300
