@@ -268,9 +268,11 @@ fn cmd_status<W: io::Write>(domain: Option<&str>, out: &mut Out<W>) -> Result<()
     let xen = XenBackend::open()?;
     let domids = match domain {
         Some(d) => vec![resolve(d)?],
+        // Only HVM domains have rings (dom0, PV, is never one of them).
         None => Domains::open()?
             .list()?
             .into_iter()
+            .filter(|d| d.hvm && !d.dying)
             .map(|d| d.domid)
             .collect(),
     };

@@ -23,9 +23,13 @@ pub fn collect<B: Backend>(backend: &B, domids: &[u16]) -> Result<Vec<Row>, Erro
             match backend.get_info(domid, ty) {
                 Ok(info) => rows.push(Row { domid, ty, info }),
                 Err(Error::NotRegistered { .. }) => {}
-                Err(e @ (Error::NoSuchDomain { .. } | Error::NotSupported { .. }))
-                    if domids.len() > 1 =>
-                {
+                // Listing every domain: one that went away meanwhile, or
+                // cannot have rings, is skipped.
+                Err(
+                    e @ (Error::NoSuchDomain { .. }
+                    | Error::NotSupported { .. }
+                    | Error::InvalidArgument { .. }),
+                ) if domids.len() > 1 => {
                     log::debug!("d{domid}: {e}");
                 }
                 Err(e) => return Err(e),

@@ -40,7 +40,9 @@ memtest_check verify "$G" verify 120
 sleep 3
 
 say "ring status"
-xen-mem-event status
+st=$(xen-mem-event status 2>&1) && [ "$(echo "$st" | grep -c "^ *$D ")" = 2 ] &&
+    result status PASS "both rings of d$D listed" || result status FAIL "$st"
+echo "$st"
 
 say "detaching (Ctrl-C: answer what is pending, unregister, unmap)"
 stop_tool "$P"; prc=$STOP_RC

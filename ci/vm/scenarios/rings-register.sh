@@ -35,10 +35,12 @@ fi
 
 st=$(xen-mem-event status --domain "$D")
 echo "$st" | sed 's/^/    | /'
-if [ "$(echo "$st" | grep -c '^ *'"$D"' ')" = 2 ]; then
-    result status PASS "two rings listed for d$D"
+all=$(xen-mem-event status 2>&1)
+rc=$?
+if [ "$(echo "$st" | grep -c '^ *'"$D"' ')" = 2 ] && [ $rc = 0 ] && [ "$(echo "$all" | grep -c '^ *'"$D"' ')" = 2 ]; then
+    result status PASS "two rings listed for d$D, with --domain and for all domains"
 else
-    result status FAIL "status: $(echo "$st" | tr '\n' ' ')"
+    result status FAIL "status: $(echo "$st" | tr '\n' ' '); all domains (rc $rc): $(echo "$all" | tr '\n' ' ')"
 fi
 
 # A third consumer of a taken type: EBUSY, exit 1, one clear line.
