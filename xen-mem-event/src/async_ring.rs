@@ -256,15 +256,8 @@ impl<B: Backend> AsyncRing<B> {
                     std::hint::spin_loop();
                 }
             }
-            let left = match deadline {
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return Ok(false);
-                    }
-                    Some(d - now)
-                }
-                None => None,
+            let Some(left) = crate::ring::time_left(deadline) else {
+                return Ok(false);
             };
             if !self.ring.wait_event(left)? {
                 return Ok(self.available()? >= self.batch);

@@ -97,86 +97,57 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn bind(&self, domid: u16, ty: EventType, port: u32) -> Result<Box<dyn EventChannel>, Error>;
 }
 
-/// Forwards every operation to the referenced backend, so that a ring can
-/// borrow its backend (`Ring::register(&backend, ...)`).
-impl<T: Backend + ?Sized> Backend for &T {
-    fn register(
-        &self,
-        domid: u16,
-        ty: EventType,
-        params: RegisterParams,
-    ) -> Result<Registration, Error> {
-        (**self).register(domid, ty, params)
-    }
-    fn unregister(&self, domid: u16, ty: EventType) -> Result<(), Error> {
-        (**self).unregister(domid, ty)
-    }
-    fn get_info(&self, domid: u16, ty: EventType) -> Result<RingInfo, Error> {
-        (**self).get_info(domid, ty)
-    }
-    fn resume(&self, domid: u16, ty: EventType) -> Result<(), Error> {
-        (**self).resume(domid, ty)
-    }
-    fn map(&self, domid: u16, ty: EventType, nr_frames: u32) -> Result<Box<dyn RingMemory>, Error> {
-        (**self).map(domid, ty, nr_frames)
-    }
-    fn bind(&self, domid: u16, ty: EventType, port: u32) -> Result<Box<dyn EventChannel>, Error> {
-        (**self).bind(domid, ty, port)
-    }
+/// Implements [`Backend`] for a pointer type by forwarding every operation
+/// to the pointee.
+macro_rules! forward_backend {
+    ($($(#[$doc:meta])* $ptr:ty;)*) => {$(
+        $(#[$doc])*
+        impl<T: Backend + ?Sized> Backend for $ptr {
+            fn register(
+                &self,
+                domid: u16,
+                ty: EventType,
+                params: RegisterParams,
+            ) -> Result<Registration, Error> {
+                (**self).register(domid, ty, params)
+            }
+            fn unregister(&self, domid: u16, ty: EventType) -> Result<(), Error> {
+                (**self).unregister(domid, ty)
+            }
+            fn get_info(&self, domid: u16, ty: EventType) -> Result<RingInfo, Error> {
+                (**self).get_info(domid, ty)
+            }
+            fn resume(&self, domid: u16, ty: EventType) -> Result<(), Error> {
+                (**self).resume(domid, ty)
+            }
+            fn map(
+                &self,
+                domid: u16,
+                ty: EventType,
+                nr_frames: u32,
+            ) -> Result<Box<dyn RingMemory>, Error> {
+                (**self).map(domid, ty, nr_frames)
+            }
+            fn bind(
+                &self,
+                domid: u16,
+                ty: EventType,
+                port: u32,
+            ) -> Result<Box<dyn EventChannel>, Error> {
+                (**self).bind(domid, ty, port)
+            }
+        }
+    )*};
 }
 
-/// Forwards every operation to the shared backend, so that a ring can own
-/// its backend (`Ring::register(Arc::clone(&backend), ...)`), e.g. to move
-/// it to another thread.
-impl<T: Backend + ?Sized> Backend for std::sync::Arc<T> {
-    fn register(
-        &self,
-        domid: u16,
-        ty: EventType,
-        params: RegisterParams,
-    ) -> Result<Registration, Error> {
-        (**self).register(domid, ty, params)
-    }
-    fn unregister(&self, domid: u16, ty: EventType) -> Result<(), Error> {
-        (**self).unregister(domid, ty)
-    }
-    fn get_info(&self, domid: u16, ty: EventType) -> Result<RingInfo, Error> {
-        (**self).get_info(domid, ty)
-    }
-    fn resume(&self, domid: u16, ty: EventType) -> Result<(), Error> {
-        (**self).resume(domid, ty)
-    }
-    fn map(&self, domid: u16, ty: EventType, nr_frames: u32) -> Result<Box<dyn RingMemory>, Error> {
-        (**self).map(domid, ty, nr_frames)
-    }
-    fn bind(&self, domid: u16, ty: EventType, port: u32) -> Result<Box<dyn EventChannel>, Error> {
-        (**self).bind(domid, ty, port)
-    }
-}
-
-/// Forwards every operation to the boxed backend (`Box<dyn Backend>`).
-impl<T: Backend + ?Sized> Backend for Box<T> {
-    fn register(
-        &self,
-        domid: u16,
-        ty: EventType,
-        params: RegisterParams,
-    ) -> Result<Registration, Error> {
-        (**self).register(domid, ty, params)
-    }
-    fn unregister(&self, domid: u16, ty: EventType) -> Result<(), Error> {
-        (**self).unregister(domid, ty)
-    }
-    fn get_info(&self, domid: u16, ty: EventType) -> Result<RingInfo, Error> {
-        (**self).get_info(domid, ty)
-    }
-    fn resume(&self, domid: u16, ty: EventType) -> Result<(), Error> {
-        (**self).resume(domid, ty)
-    }
-    fn map(&self, domid: u16, ty: EventType, nr_frames: u32) -> Result<Box<dyn RingMemory>, Error> {
-        (**self).map(domid, ty, nr_frames)
-    }
-    fn bind(&self, domid: u16, ty: EventType, port: u32) -> Result<Box<dyn EventChannel>, Error> {
-        (**self).bind(domid, ty, port)
-    }
+forward_backend! {
+    /// Forwards to the referenced backend, so that a ring can borrow its
+    /// backend (`Ring::register(&backend, ...)`).
+    &T;
+    /// Forwards to the shared backend, so that a ring can own its backend
+    /// (`Ring::register(Arc::clone(&backend), ...)`), e.g. to move it to
+    /// another thread.
+    std::sync::Arc<T>;
+    /// Forwards to the boxed backend (`Box<dyn Backend>`).
+    Box<T>;
 }

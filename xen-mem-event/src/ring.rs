@@ -2,7 +2,7 @@
 //! drop.
 
 use std::sync::atomic::{fence, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::backend::{Backend, EventChannel, RegisterParams, Registration};
 use crate::layout::{self, hdr, FRAME_SIZE, INTERFACE_VERSION, RECORD_SIZE, SLOTS_PER_FRAME};
@@ -554,4 +554,16 @@ fn check_header(shm: &Shm, domid: u16, ty: EventType, nr_slots: u32) -> Result<G
         rsp_off,
         max_vcpus,
     })
+}
+
+/// What is left of a wait until `deadline`: `None` once it has passed,
+/// `Some(None)` for no deadline (wait forever), else the time left.
+pub(crate) fn time_left(deadline: Option<Instant>) -> Option<Option<Duration>> {
+    match deadline {
+        None => Some(None),
+        Some(d) => d
+            .checked_duration_since(Instant::now())
+            .filter(|t| !t.is_zero())
+            .map(Some),
+    }
 }

@@ -459,15 +459,8 @@ impl<B: Backend> SyncRing<B> {
             if self.available()? > 0 {
                 return Ok(true);
             }
-            let left = match deadline {
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return Ok(false);
-                    }
-                    Some(d - now)
-                }
-                None => None,
+            let Some(left) = crate::ring::time_left(deadline) else {
+                return Ok(false);
             };
             if !self.ring.wait_event(left)? {
                 return Ok(self.available()? > 0);
