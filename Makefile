@@ -24,7 +24,7 @@ XEN_FLAVOUR := release
 endif
 
 .PHONY: all deps xen-src xen xen-debug xen-release xen-libs series-check \
-        check harness-asan bench bench-smoke test run vm-image vm-test vm-shell \
+        check harness-asan bench bench-smoke test run vm-image vm-test vm-bench vm-shell \
         clean help
 
 all: xen xen-libs check
@@ -97,6 +97,10 @@ vm-test: vm-image
 ## sharing, OOM and invalidation, show the tools' live output and a summary.
 run: vm-image
 	@bash ci/run-vm.sh --scenarios demo
+
+## The benchmark comparisons on real Xen in the VM (counts and ratios).
+vm-bench: vm-image
+	@bash ci/run-vm.sh --scenarios rings-bench
 
 ## A root shell in the VM (poweroff -f to leave).
 vm-shell: vm-image

@@ -54,6 +54,7 @@ IFS=+ read -r -a list <<< "$scenarios"
 for s in "${list[@]}"; do
     [ -n "$s" ] || continue
     f=$XME/scenarios/$s.sh
+    [ -f "$f" ] || [ ! -f "$XME/bench/$s.sh" ] || f=$XME/bench/$s.sh
     if [ ! -f "$f" ]; then
         XME_SCENARIO=$s xme_result exists FAIL "no $f"
         continue
