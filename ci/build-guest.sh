@@ -7,6 +7,8 @@
 #                                libxenforeignmemory.so.1, same ABI as dom0's)
 #   build/vm/helpers/xme-legacy-share  dom0: a sharing helper on the legacy
 #                                sharing vm_event ring (ci/dom0/xme-legacy-share.c)
+#   build/vm/helpers/xme-vregs   dom0: vector registers kept across preemption?
+#                                (ci/dom0/xme-vregs.c, the platform check)
 # The guest kernel is dom0's Debian vmlinuz (PVH-capable), used in place.
 set -euo pipefail
 XME_LOG_TAG=guest
@@ -51,6 +53,12 @@ if newer "$H/xme-legacy-share" "$ci_top/ci/dom0/xme-legacy-share.c"; then
     gcc -O2 -Wall -Wextra -Werror -o "$H/xme-legacy-share.tmp" "$ci_top/ci/dom0/xme-legacy-share.c" \
         $(pkg-config --cflags --libs xencontrol xenevtchn xenforeignmemory)
     mv "$H/xme-legacy-share.tmp" "$H/xme-legacy-share"
+fi
+
+if newer "$H/xme-vregs" "$ci_top/ci/dom0/xme-vregs.c"; then
+    log "compiling xme-vregs"
+    gcc -O2 -Wall -Wextra -Werror -o "$H/xme-vregs.tmp" "$ci_top/ci/dom0/xme-vregs.c"
+    mv "$H/xme-vregs.tmp" "$H/xme-vregs"
 fi
 
 if newer "$G/initrd.gz" "$G/memtest" "$ci_top/ci/guest/init" "$BUSYBOX" "$0"; then

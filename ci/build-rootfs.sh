@@ -149,7 +149,8 @@ echo "/boot/vmlinuz-$kver" > "$VM/guest-kernel-path"
 
 # ---------------------------------------------------------------- 3. image
 t0=$(date +%s)
-for f in "$VM/guest/initrd.gz" "$VM/helpers/xme-peek" "$VM/helpers/xme-mem" "$VM/helpers/xme-legacy-share"; do
+helpers=(xme-peek xme-mem xme-legacy-share xme-vregs)
+for f in "$VM/guest/initrd.gz" "${helpers[@]/#/$VM/helpers/}"; do
     [ -f "$f" ] || die "$f missing: run ci/build-guest.sh first"
 done
 rm -rf "$IMGROOT"
@@ -158,7 +159,7 @@ O=$IMGROOT/opt/xme
 mkdir -p "$O/bin" "$O/guest"
 cp -r "$ci_top"/ci/vm/. "$O/"
 cp "$VM/guest/initrd.gz" "$O/guest/initrd.gz"
-cp "$VM/helpers/xme-peek" "$VM/helpers/xme-mem" "$VM/helpers/xme-legacy-share" "$O/bin/"
+cp "${helpers[@]/#/$VM/helpers/}" "$O/bin/"
 echo "/boot/vmlinuz-$kver" > "$O/guest/kernel-path"
 find "$O" -name '*.sh' -exec chmod 0755 {} +
 # build/vm/stage/ lands at / (new files only: never write through a hard link).

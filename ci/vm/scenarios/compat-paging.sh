@@ -65,18 +65,11 @@ case "$line" in
 *) result write-paged FAIL "$line" ;;
 esac
 
-t0=$(now_ms)
-kill -TERM "$xp" 2>/dev/null
-rc=timeout
-for _ in $(seq 1 120); do
-    kill -0 "$xp" 2>/dev/null || { wait "$xp"; rc=$?; break; }
-    sleep 0.5
-done
-if [ "$rc" = 0 ]; then
-    result xenpaging-exit PASS "exited 0 in $(( $(now_ms) - t0 )) ms, guest at $(tot_kb "$G") kB"
+stop_xenpaging "$xp"
+if [ "$XP_RC" = 0 ]; then
+    result xenpaging-exit PASS "exited 0 in $XP_MS ms, guest at $(tot_kb "$G") kB"
 else
-    kill -KILL "$xp" 2>/dev/null
-    result xenpaging-exit FAIL "rc=$rc: $(tail -n 3 "$pout" | tr '\n' ' ')"
+    result xenpaging-exit FAIL "rc=$XP_RC: $(tail -n 3 "$pout" | tr '\n' ' ')"
 fi
 m1=$(xl dmesg | grep -c 'vm_event interface version mismatch')
 if grep -q 'version mismatch' "$pout" || [ "$m1" != "$m0" ]; then

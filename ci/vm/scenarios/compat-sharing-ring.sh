@@ -44,14 +44,8 @@ else
 fi
 
 # ------------------------------------------------------------ 2. share + cap
-share_pages "$G" "$D" zero zero "$N"; sz=$SHARED nz=$NOMINATED
-share_pages "$G" "$D" ident same "$N"; si=$SHARED ni=$NOMINATED
-copies=$((sz + si)) pages=$((nz + ni - sz - si))
-if [ $sz = $((N - 1)) ] && [ $si = $((N - 1)) ]; then
-    result share PASS "$copies gfns merged into 2 shared pages"
-else
-    result share FAIL "shared zero=$sz ident=$si, want $((N - 1)) each"
-fi
+share_both "$G" "$D" "$N" share
+copies=$SHARED_ALL pages=$((NOMINATED_ALL - SHARED_ALL))
 cap_allowance "$D"
 
 # ------------------------------------------------------------ 3. write: legacy ring
@@ -87,14 +81,8 @@ if wait_for 20 ring_connected "$D" SHARING_OOM; then
 else
     result pager-attach FAIL "$(cat "$R-pager.err" | tr '\n' ' ')"
 fi
-share_pages "$G" "$D" zero zero "$N"; sz=$SHARED nz=$NOMINATED
-share_pages "$G" "$D" ident same "$N"; si=$SHARED ni=$NOMINATED
-copies2=$((sz + si)) pages2=$((nz + ni - sz - si))
-if [ $sz = $((N - 1)) ] && [ $si = $((N - 1)) ]; then
-    result share-again PASS "$copies2 gfns merged into 2 shared pages"
-else
-    result share-again FAIL "shared zero=$sz ident=$si, want $((N - 1)) each"
-fi
+share_both "$G" "$D" "$N" share-again
+copies2=$SHARED_ALL pages2=$((NOMINATED_ALL - SHARED_ALL))
 ev_before=$(legacy_events)
 cap_allowance "$D"
 memtest_check write-oom-ring "$G" write 300

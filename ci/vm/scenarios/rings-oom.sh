@@ -34,14 +34,8 @@ else
 fi
 
 # ------------------------------------------------------------ 2. share
-share_pages "$G" "$D" zero zero "$N"; sz=$SHARED nz=$NOMINATED
-share_pages "$G" "$D" ident same "$N"; si=$SHARED ni=$NOMINATED
-shared=$((sz + si)) nominated=$((nz + ni))
-if [ $sz = $((N - 1)) ] && [ $si = $((N - 1)) ]; then
-    result share PASS "$shared gfns merged into 2 shared pages"
-else
-    result share FAIL "shared zero=$sz ident=$si, want $((N - 1)) each"
-fi
+share_both "$G" "$D" "$N" share
+shared=$SHARED_ALL nominated=$NOMINATED_ALL
 wait_for 10 sh -c "[ \$(grep -c '\"reason\":\"merged\"' '$R-watch.jsonl') -ge $shared ]"
 merged=$(jcount "$R-watch.jsonl" invalidate '"reason":"merged"')
 merged_gone=$(jcount "$R-watch.jsonl" invalidate '"reason":"merged"' '"handle_gone":true')
