@@ -5,8 +5,11 @@
 #   build/vm/helpers/xme-peek    dom0: read-only foreign-map page checks
 #                                (ci/dom0/xme-peek.c, links Debian's
 #                                libxenforeignmemory.so.1, same ABI as dom0's)
+#   build/vm/helpers/xme-mem     dom0: a domain's pages and allowance (ci/dom0/xme-mem.c)
 #   build/vm/helpers/xme-legacy-share  dom0: a sharing helper on the legacy
 #                                sharing vm_event ring (ci/dom0/xme-legacy-share.c)
+#   build/vm/helpers/xme-wmap    dom0: a writable foreign mapping (a foreign
+#                                unshare; ci/dom0/xme-wmap.c)
 #   build/vm/helpers/xme-vregs   dom0: vector registers kept across preemption?
 #                                (ci/dom0/xme-vregs.c, the platform check)
 # The guest kernel is dom0's Debian vmlinuz (PVH-capable), used in place.
@@ -53,6 +56,14 @@ if newer "$H/xme-legacy-share" "$ci_top/ci/dom0/xme-legacy-share.c"; then
     gcc -O2 -Wall -Wextra -Werror -o "$H/xme-legacy-share.tmp" "$ci_top/ci/dom0/xme-legacy-share.c" \
         $(pkg-config --cflags --libs xencontrol xenevtchn xenforeignmemory)
     mv "$H/xme-legacy-share.tmp" "$H/xme-legacy-share"
+fi
+
+if newer "$H/xme-wmap" "$ci_top/ci/dom0/xme-wmap.c"; then
+    log "compiling xme-wmap"
+    # shellcheck disable=SC2046
+    gcc -O2 -Wall -Wextra -Werror -o "$H/xme-wmap.tmp" "$ci_top/ci/dom0/xme-wmap.c" \
+        $(pkg-config --cflags --libs xenforeignmemory)
+    mv "$H/xme-wmap.tmp" "$H/xme-wmap"
 fi
 
 if newer "$H/xme-vregs" "$ci_top/ci/dom0/xme-vregs.c"; then

@@ -149,7 +149,7 @@ echo "/boot/vmlinuz-$kver" > "$VM/guest-kernel-path"
 
 # ---------------------------------------------------------------- 3. image
 t0=$(date +%s)
-helpers=(xme-peek xme-mem xme-legacy-share xme-vregs)
+helpers=(xme-peek xme-mem xme-legacy-share xme-wmap xme-vregs)
 for f in "$VM/guest/initrd.gz" "${helpers[@]/#/$VM/helpers/}"; do
     [ -f "$f" ] || die "$f missing: run ci/build-guest.sh first"
 done

@@ -237,6 +237,24 @@ stop_xenpaging() {
 }
 
 # ------------------------------------------------------------------ our tools
+# attach_both DOMID R BATCH STEP_KIB: start our watcher (every record, JSON,
+# BATCH records a notification) and our pager (allowance + STEP_KIB per
+# event, JSON) on DOMID, their output in R-watch.jsonl and R-pager.jsonl
+# (stderr: .err); wait for both rings to be connected and report the
+# 'attach' check.  Sets W and P (the pids); returns 1 when not attached.
+attach_both() {
+    local d=$1 r=$2 batch=$3 step=$4
+    xen-mem-event watch --domain "$d" --records --batch "$batch" --json > "$r-watch.jsonl" 2> "$r-watch.err" &
+    W=$!
+    xen-mem-event pager --domain "$d" --step "$step" --json > "$r-pager.jsonl" 2> "$r-pager.err" &
+    P=$!
+    if wait_for 20 ring_connected "$d" SHARING_OOM && wait_for 20 ring_connected "$d" SHARING_INVALIDATE; then
+        result attach PASS "pager (pid $P) and watcher (pid $W) attached to d$d"
+    else
+        result attach FAIL "$(cat "$r-pager.err" "$r-watch.err" | tr '\n' ' ')"
+        return 1
+    fi
+}
 # jcount FILE KIND [PATTERN...]: JSON Lines of FILE with "kind":"KIND" and
 # every PATTERN (fixed strings; keys are printed in sorted order).
 jcount() {

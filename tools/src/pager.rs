@@ -157,7 +157,8 @@ pub struct Summary {
     pub events: u64,
     /// Requests answered after the policy freed memory.
     pub answered: u64,
-    /// Foreign (informational) requests.
+    /// Foreign requests (nothing paused, nothing to answer; the policy ran
+    /// once for each).
     pub foreign: u64,
     /// Policy failures.
     pub failures: u64,
@@ -207,12 +208,30 @@ pub fn run<B: Backend, W: Write>(
         for req in ring.take_requests()? {
             sum.events += 1;
             if req.foreign {
+                // Nothing waits for an answer (there is none to give): the
+                // foreign access failed with ENOMEM and its caller retries
+                // by itself.  Free memory once so that the retry can work.
                 sum.foreign += 1;
+                let freed = policy.free(&req);
+                if freed.is_err() {
+                    sum.failures += 1;
+                }
+                let (what, action, error) = match &freed {
+                    Ok(a) => (a.clone(), Some(a.as_str()), None),
+                    Err(e) => (
+                        format!("could not free memory: {e}"),
+                        None,
+                        Some(e.as_str()),
+                    ),
+                };
                 out.emit(
-                    &format!("d{} foreign access by vcpu {} to gfn {:#x}: no memory (not paused)", req.domid, req.vcpu_id, req.gfn),
-                    json!({"kind": "foreign", "domid": req.domid, "vcpu": req.vcpu_id, "gfn": req.gfn}),
-                )
-                ?;
+                    &format!(
+                        "d{} foreign access to gfn {:#x} (from a vcpu {} of another domain): no memory, not paused; {what}",
+                        req.domid, req.gfn, req.vcpu_id
+                    ),
+                    json!({"kind": "foreign", "domid": req.domid, "vcpu": req.vcpu_id, "gfn": req.gfn,
+                           "action": action, "error": error}),
+                )?;
                 continue;
             }
             retry.insert(

@@ -85,7 +85,8 @@ fn pager_frees_memory_then_answers_each_event() {
         (sum.events, sum.answered, sum.foreign, sum.failures),
         (5, 4, 1, 0)
     );
-    assert_eq!(mem.kib.load(Ordering::SeqCst), 131_072 + 4 * 1024);
+    // Four paused vCPUs and the foreign access: one step each.
+    assert_eq!(mem.kib.load(Ordering::SeqCst), 131_072 + 5 * 1024);
     assert!((0..4).all(|v| hv.hv().pause_count(v) == 0));
     let mut unpaused = hv.unpaused();
     unpaused.sort_unstable();
@@ -106,6 +107,11 @@ fn pager_frees_memory_then_answers_each_event() {
     let foreign: Vec<&Value> = events.iter().filter(|e| e["kind"] == "foreign").collect();
     assert_eq!(foreign.len(), 1);
     assert_eq!(foreign[0]["gfn"], 0x9000);
+    assert!(foreign[0]["action"]
+        .as_str()
+        .unwrap()
+        .starts_with("maxmem "));
+    assert_eq!(foreign[0]["error"], Value::Null);
 }
 
 /// Fails `n` times, then succeeds.

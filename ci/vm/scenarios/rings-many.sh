@@ -93,17 +93,7 @@ DB=$GUEST_DOMID
 result guest-boot PASS "A=$GA domid $DA, B=$GB domid $DB"
 memshare enable "$DA" >/dev/null 2>&1 || { result share-enable FAIL "xen-memshare enable $DA"; cleanup; exit 1; }
 
-xen-mem-event watch --domain "$DA" --records --batch 16 --json > "$R-watch.jsonl" 2> "$R-watch.err" &
-W=$!
-xen-mem-event pager --domain "$DA" --step "$PAGER_STEP_KIB" --json > "$R-pager.jsonl" 2> "$R-pager.err" &
-P=$!
-if wait_for 20 ring_connected "$DA" SHARING_OOM && wait_for 20 ring_connected "$DA" SHARING_INVALIDATE; then
-    result attach PASS "A: pager and watcher attached"
-else
-    result attach FAIL "$(cat "$R-pager.err" "$R-watch.err" | tr '\n' ' ')"
-    cleanup
-    exit 1
-fi
+attach_both "$DA" "$R" 16 "$PAGER_STEP_KIB" || { cleanup; exit 1; }
 
 # ------------------------------------------------------------ 2. share
 share_both "$GA" "$DA" "$N" share

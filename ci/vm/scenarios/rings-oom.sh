@@ -23,15 +23,7 @@ boot_guest "$G"
 memshare enable "$D" >/dev/null 2>&1 || { result share-enable FAIL "xen-memshare enable $D"; guest_destroy "$G"; exit 1; }
 
 R=$XME_RUN/oom
-xen-mem-event watch --domain "$D" --records --batch 16 --json > "$R-watch.jsonl" 2> "$R-watch.err" &
-W=$!
-xen-mem-event pager --domain "$D" --step 4 --json > "$R-pager.jsonl" 2> "$R-pager.err" &
-P=$!
-if wait_for 20 ring_connected "$D" SHARING_OOM && wait_for 20 ring_connected "$D" SHARING_INVALIDATE; then
-    result attach PASS "pager and watcher attached"
-else
-    result attach FAIL "$(cat "$R-pager.err" "$R-watch.err" | tr '\n' ' ')"
-fi
+attach_both "$D" "$R" 16 4
 
 # ------------------------------------------------------------ 2. share
 share_both "$G" "$D" "$N" share

@@ -15,7 +15,7 @@ out=$(LD_LIBRARY_PATH=/usr/local/lib/xme/lib /usr/local/lib/xme/bin/test-mem-eve
 rc=$?
 oks=$(echo "$out" | grep -c '^  ok ' || true)
 if [ $rc = 0 ] && echo "$out" | grep -q '^PASS: 0 failure(s)$'; then
-    result c-test-program PASS "$oks checks ok (register/EBUSY/map/takeover/unregister, malformed domctls)"
+    result c-test-program PASS "$oks checks ok (register/EBUSY/map/takeover/unregister, malformed domctls, impossible consumer indices)"
 else
     echo "$out" | sed 's/^/    | /'
     result c-test-program FAIL "rc=$rc, $(echo "$out" | grep -c FAIL) failed"
