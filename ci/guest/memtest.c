@@ -20,7 +20,9 @@
  *
  *   verify      verify now                        -> MEMTEST PASS|FAIL ... cmd=verify
  *   write       write every page of the zero and ident regions (zeros stay
- *               zero, ident gets the next generation), then verify
+ *               zero, ident gets the next generation), then verify; with
+ *               -t N, N threads write, thread k pinned to CPU k and writing
+ *               every Nth page from the kth
  *                                                 -> MEMTEST PASS|FAIL ... cmd=write
  *   gfns        print the gfn lists again        -> MEMTEST GFN ... / MEMTEST GFNS-END
  *   cpuid N     execute CPUID N times            -> MEMTEST CPUID n=N
@@ -30,13 +32,15 @@
  * commands from 1, so a driver can wait for the answer to its own command.
  *
  * Usage: memtest [-z zero_MiB] [-i ident_MiB] [-u unique_MiB] [-p period_s]
- *                [-w write_every_n_rounds]
+ *                [-w write_every_n_rounds] [-t writer_threads]
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -57,7 +61,7 @@ static const char *const rname[R_NR] = { "zero", "ident", "unique" };
 static uint8_t *buf;
 static size_t npages[R_NR], first[R_NR], total;
 static uint64_t gen = 1, seed;
-static unsigned long round_nr, seq, period = 5;
+static unsigned long round_nr, seq, period = 5, writers = 1;
 static time_t next;
 
 static void say(const char *fmt, ...)
@@ -106,9 +110,10 @@ static enum region region_of(size_t page)
            page < first[R_UNIQUE] ? R_IDENT : R_UNIQUE;
 }
 
-static void fill(enum region r)
+/* Write pages k, k + n, k + 2n, ... of region r. */
+static void fill_part(enum region r, size_t k, size_t n)
 {
-    for ( size_t p = first[r]; p < first[r] + npages[r]; p++ )
+    for ( size_t p = first[r] + k; p < first[r] + npages[r]; p += n )
     {
         volatile uint64_t *w = page_ptr(p);
 
@@ -116,6 +121,64 @@ static void fill(enum region r)
         for ( size_t i = 0; i < WORDS; i++ )
             w[i] = expect(r, p, i);
     }
+}
+
+static void fill(enum region r)
+{
+    fill_part(r, 0, 1);
+}
+
+struct writer {
+    pthread_t thread;
+    size_t k;
+    int cpu_ok;
+};
+
+static void *writer_main(void *arg)
+{
+    struct writer *wr = arg;
+    cpu_set_t set;
+
+    CPU_ZERO(&set);
+    CPU_SET(wr->k, &set);
+    wr->cpu_ok = !sched_setaffinity(0, sizeof(set), &set);
+    fill_part(R_ZERO, wr->k, writers);
+    fill_part(R_IDENT, wr->k, writers);
+    return NULL;
+}
+
+/* The 'write' command: zero and ident regions, by 'writers' threads. */
+static void write_all(void)
+{
+    struct writer wr[64];
+    size_t n = writers, started = 0, pinned = 0;
+
+    if ( n <= 1 )
+    {
+        fill(R_ZERO);
+        fill(R_IDENT);
+        return;
+    }
+    for ( size_t k = 0; k < n; k++ )
+    {
+        wr[k].k = k;
+        wr[k].cpu_ok = 0;
+        if ( pthread_create(&wr[k].thread, NULL, writer_main, &wr[k]) )
+            break;
+        started++;
+    }
+    for ( size_t k = 0; k < started; k++ )
+    {
+        pthread_join(wr[k].thread, NULL);
+        pinned += wr[k].cpu_ok;
+    }
+    /* Pages of threads that did not start: written here. */
+    for ( size_t k = started; k < n; k++ )
+    {
+        fill_part(R_ZERO, k, n);
+        fill_part(R_IDENT, k, n);
+    }
+    say("MEMTEST WRITERS threads=%zu pinned=%zu", started, pinned);
 }
 
 static uint64_t gfn_of(int fd, size_t page)
@@ -252,8 +315,7 @@ static void command(char *line)
     else if ( !strcmp(line, "write") )
     {
         gen++;
-        fill(R_ZERO);
-        fill(R_IDENT);
+        write_all();
         snprintf(tag, sizeof(tag), "cmd=write seq=%lu", seq);
         verify(tag);
     }
@@ -287,7 +349,7 @@ int main(int argc, char **argv)
     size_t len = 0;
     int opt;
 
-    while ( (opt = getopt(argc, argv, "z:i:u:p:w:")) != -1 )
+    while ( (opt = getopt(argc, argv, "z:i:u:p:w:t:")) != -1 )
     {
         switch ( opt )
         {
@@ -296,10 +358,17 @@ int main(int argc, char **argv)
         case 'u': mib[R_UNIQUE] = strtoul(optarg, NULL, 0); break;
         case 'p': period = strtoul(optarg, NULL, 0); break;
         case 'w': write_every = strtoul(optarg, NULL, 0); break;
+        case 't': writers = strtoul(optarg, NULL, 0); break;
         default:
-            say("usage: memtest [-z MiB] [-i MiB] [-u MiB] [-p period_s] [-w n]");
+            say("usage: memtest [-z MiB] [-i MiB] [-u MiB] [-p period_s] [-w n] [-t threads]");
             return 2;
         }
+    }
+
+    if ( writers < 1 || writers > 64 )
+    {
+        say("memtest: -t takes 1 to 64 threads");
+        return 2;
     }
 
     for ( int r = 0; r < R_NR; r++ )

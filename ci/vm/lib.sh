@@ -67,13 +67,14 @@ wait_log() {
 # which ci/run-vm.sh now turns off (setup.vector-regs checks it).  Whether
 # the triple faults had the same cause is not known: the retries stay.
 # Sets GUEST_DOMID.  MEMTEST_ARGS are memtest's options with commas,
-# e.g. "-z,4,-i,4,-u,8,-p,5".
+# e.g. "-z,4,-i,4,-u,8,-p,5"; GUEST_VCPUS (default 1) its vCPUs.
 guest_create() {
     local name=$1 args=${2:--z,4,-i,4,-u,8,-p,5} cfg log attempt t0 rc
     cfg=$XME_RUN/$name.cfg
     log=$(guest_log "$name")
     sed -e "s|@NAME@|$name|g" -e "s|@KERNEL@|$(cat "$XME/guest/kernel-path")|g" \
         -e "s|@RAMDISK@|$XME/guest/initrd.gz|g" -e "s|@MEMTEST_ARGS@|$args|g" \
+        -e "s|@VCPUS@|${GUEST_VCPUS:-1}|g" \
         "$XME/guest.cfg.in" > "$cfg"
     for attempt in 1 2 3 4; do
         xl destroy "$name" >/dev/null 2>&1 || true
@@ -237,6 +238,18 @@ stop_xenpaging() {
 }
 
 # ------------------------------------------------------------------ our tools
+# detach_both DOMID R: SIGINT to the pager and the watcher of attach_both;
+# report the 'detach' check: both exit 0 and both rings are gone.
+detach_both() {
+    local d=$1 r=$2 prc wrc
+    stop_tool "$P"; prc=$STOP_RC
+    stop_tool "$W"; wrc=$STOP_RC
+    if [ "$prc" = 0 ] && [ "$wrc" = 0 ] && wait_for 10 ring_absent "$d" SHARING_OOM && ring_absent "$d" SHARING_INVALIDATE; then
+        result detach PASS "pager: $(grep '"kind":"summary"' "$r-pager.jsonl")"
+    else
+        result detach FAIL "pager rc=$prc watcher rc=$wrc; $(tail -n 2 "$r-pager.err" "$r-watch.err" | tr '\n' ' ')"
+    fi
+}
 # attach_both DOMID R BATCH STEP_KIB: start our watcher (every record, JSON,
 # BATCH records a notification) and our pager (allowance + STEP_KIB per
 # event, JSON) on DOMID, their output in R-watch.jsonl and R-pager.jsonl

@@ -77,12 +77,6 @@ else
     result ring-counters FAIL "invalidate produced=$prod consumed=$cons lost=$lost (records seen $((merged + unshared))); OOM bad responses $bad"
 fi
 
-stop_tool "$P"; prc=$STOP_RC
-stop_tool "$W"; wrc=$STOP_RC
-if [ "$prc" = 0 ] && [ "$wrc" = 0 ] && wait_for 10 ring_absent "$D" SHARING_OOM && ring_absent "$D" SHARING_INVALIDATE; then
-    result detach PASS "pager: $(grep '"kind":"summary"' "$R-pager.jsonl")"
-else
-    result detach FAIL "pager rc=$prc watcher rc=$wrc; $(tail -n 2 "$R-pager.err" "$R-watch.err" | tr '\n' ' ')"
-fi
+detach_both "$D" "$R"
 guest_destroy "$G"
 exit $fail

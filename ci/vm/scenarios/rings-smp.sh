@@ -1,0 +1,49 @@
+#!/bin/bash
+# rings-smp: OOM events from two vCPUs of one guest at once, on real Xen.
+#
+#  1. boot a guest with 2 vCPUs; attach the pager and the watcher
+#  2. share identical pages (zero and ident regions), cap the allowance
+#  3. the guest writes with two threads, pinned to vCPU 0 and vCPU 1, each
+#     writing every other page: both vCPUs fault on unshares, each paused on
+#     its own request; the pager answers each by its id
+#  4. checks: OOM events from both vCPUs, all answered, none left paused,
+#     no bad response; the guest verifies its memory; clean detach
+set -uo pipefail
+. /opt/xme/lib.sh
+
+G=smp
+N=${XME_NSHARE:-24}
+R=$XME_RUN/smp
+
+GUEST_VCPUS=2 boot_guest "$G" "-z,4,-i,4,-u,8,-p,0,-t,2"
+memshare enable "$D" >/dev/null 2>&1 || { result share-enable FAIL "xen-memshare enable $D"; guest_destroy "$G"; exit 1; }
+attach_both "$D" "$R" 16 4
+share_both "$G" "$D" "$N" share
+copies=$SHARED_ALL pages=$((NOMINATED_ALL - SHARED_ALL))
+cap_allowance "$D"
+
+memtest_check write-two-vcpus "$G" write 300
+writers=$(tr -d '\r' < "$(guest_log "$G")" | grep -m1 'MEMTEST WRITERS')
+case "$writers" in
+*"threads=2 pinned=2"*) result writers PASS "$writers" ;;
+*) result writers FAIL "'$writers' (want 2 threads pinned to vCPUs 0 and 1)" ;;
+esac
+
+v0=$(jcount "$R-pager.jsonl" oom '"answered":true' '"vcpu":0')
+v1=$(jcount "$R-pager.jsonl" oom '"answered":true' '"vcpu":1')
+ooms=$((v0 + v1))
+all=$(jcount "$R-pager.jsonl" oom)
+paused=$(ring_field "$D" SHARING_OOM paused_vcpus)
+bad=$(ring_field "$D" SHARING_OOM bad_responses)
+# One event per copy, at most one more per page made private (rings-oom).
+if [ "$v0" -gt 0 ] && [ "$v1" -gt 0 ] && [ "$ooms" = "$all" ] && [ "$ooms" -ge "$copies" ] \
+   && [ "$ooms" -le $((copies + pages)) ] && [ "$paused" = 0 ] && [ "$bad" = 0 ]; then
+    result oom-both-vcpus PASS "$ooms OOM events answered for $copies copies: vCPU 0 $v0, vCPU 1 $v1; 0 vCPUs paused, 0 bad responses"
+else
+    result oom-both-vcpus FAIL "answered vCPU 0 $v0, vCPU 1 $v1 (of $all events), want both > 0 and $copies..$((copies + pages)) in all; paused '$paused', bad responses '$bad'"
+fi
+memtest_check verify "$G" verify 120
+
+detach_both "$D" "$R"
+guest_destroy "$G"
+exit $fail
