@@ -34,43 +34,24 @@ if newer "$G/memtest" "$ci_top/ci/guest/memtest.c"; then
     gcc -static -O2 -Wall -Wextra -Werror -o "$G/memtest.tmp" "$ci_top/ci/guest/memtest.c"
     mv "$G/memtest.tmp" "$G/memtest"
 fi
-if newer "$H/xme-peek" "$ci_top/ci/dom0/xme-peek.c"; then
-    log "compiling xme-peek"
-    # shellcheck disable=SC2046
-    gcc -O2 -Wall -Wextra -Werror -o "$H/xme-peek.tmp" "$ci_top/ci/dom0/xme-peek.c" \
-        $(pkg-config --cflags --libs xenforeignmemory)
-    mv "$H/xme-peek.tmp" "$H/xme-peek"
-fi
 
-if newer "$H/xme-mem" "$ci_top/ci/dom0/xme-mem.c"; then
-    log "compiling xme-mem"
+# dom0_helper NAME [PKG...]: build/vm/helpers/NAME from ci/dom0/NAME.c,
+# linked against the pkg-config packages PKG (Debian's libraries).
+dom0_helper() {
+    local name=$1 src=$ci_top/ci/dom0/$1.c
+    shift
+    newer "$H/$name" "$src" || return 0
+    log "compiling $name"
     # shellcheck disable=SC2046
-    gcc -O2 -Wall -Wextra -Werror -o "$H/xme-mem.tmp" "$ci_top/ci/dom0/xme-mem.c" \
-        $(pkg-config --cflags --libs xencontrol)
-    mv "$H/xme-mem.tmp" "$H/xme-mem"
-fi
-
-if newer "$H/xme-legacy-share" "$ci_top/ci/dom0/xme-legacy-share.c"; then
-    log "compiling xme-legacy-share"
-    # shellcheck disable=SC2046
-    gcc -O2 -Wall -Wextra -Werror -o "$H/xme-legacy-share.tmp" "$ci_top/ci/dom0/xme-legacy-share.c" \
-        $(pkg-config --cflags --libs xencontrol xenevtchn xenforeignmemory)
-    mv "$H/xme-legacy-share.tmp" "$H/xme-legacy-share"
-fi
-
-if newer "$H/xme-wmap" "$ci_top/ci/dom0/xme-wmap.c"; then
-    log "compiling xme-wmap"
-    # shellcheck disable=SC2046
-    gcc -O2 -Wall -Wextra -Werror -o "$H/xme-wmap.tmp" "$ci_top/ci/dom0/xme-wmap.c" \
-        $(pkg-config --cflags --libs xenforeignmemory)
-    mv "$H/xme-wmap.tmp" "$H/xme-wmap"
-fi
-
-if newer "$H/xme-vregs" "$ci_top/ci/dom0/xme-vregs.c"; then
-    log "compiling xme-vregs"
-    gcc -O2 -Wall -Wextra -Werror -o "$H/xme-vregs.tmp" "$ci_top/ci/dom0/xme-vregs.c"
-    mv "$H/xme-vregs.tmp" "$H/xme-vregs"
-fi
+    gcc -O2 -Wall -Wextra -Werror -o "$H/$name.tmp" "$src" \
+        $([ $# -eq 0 ] || pkg-config --cflags --libs "$@")
+    mv "$H/$name.tmp" "$H/$name"
+}
+dom0_helper xme-peek xenforeignmemory
+dom0_helper xme-mem xencontrol
+dom0_helper xme-legacy-share xencontrol xenevtchn xenforeignmemory
+dom0_helper xme-wmap xenforeignmemory
+dom0_helper xme-vregs
 
 if newer "$G/initrd.gz" "$G/memtest" "$ci_top/ci/guest/init" "$BUSYBOX" "$0"; then
     log "assembling guest initrd"
