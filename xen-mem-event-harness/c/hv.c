@@ -22,6 +22,7 @@ struct hv_stats {
     uint64_t produced, consumed, lost, bad_responses, notifications;
     uint32_t paused, broken;
     uint32_t req_prod, rsp_cons;
+    uint32_t parked, detached;
 };
 
 int hv_sanitized(void)
@@ -40,9 +41,19 @@ unsigned int hv_total_frames(unsigned int type, unsigned int nr_frames)
 
 struct hv_ring *hv_ring_new(unsigned int type, unsigned int nr_frames,
                             unsigned int max_vcpus, uint16_t domid,
-                            uint32_t batch, int *err)
+                            uint32_t batch, uint16_t consumer,
+                            uint64_t token, int *err)
 {
     unsigned int total = mem_event_ring_total_frames(type, nr_frames);
+    struct mem_event_ring_params p = {
+        .type = type,
+        .nr_frames = nr_frames,
+        .max_vcpus = max_vcpus,
+        .domid = domid,
+        .consumer = consumer,
+        .batch = batch,
+        .token = token,
+    };
     struct hv_ring *r;
     int rc;
 
@@ -65,8 +76,7 @@ struct hv_ring *hv_ring_new(unsigned int type, unsigned int nr_frames,
         goto fail;
     pthread_mutex_init(&r->lock, NULL);
 
-    rc = mem_event_ring_init(&r->core, r->mem, type, nr_frames, max_vcpus,
-                             domid, batch,
+    rc = mem_event_ring_init(&r->core, r->mem, &p,
                              mem_event_ring_type_sync(type) ? r->outstanding
                                                             : NULL);
     if ( rc )
@@ -99,7 +109,10 @@ void hv_ring_free(struct hv_ring *r)
 void *hv_ring_base(struct hv_ring *r) { return r->mem; }
 size_t hv_ring_len(struct hv_ring *r) { return r->len; }
 
-/* mem_event_sharing_oom(): post, and pause the vCPU if it is our own. */
+/*
+ * mem_event_sharing_oom(): post, and pause the vCPU if it is our own, also
+ * when it is parked (-EAGAIN).
+ */
 int hv_ring_raise_oom(struct hv_ring *r, unsigned int vcpu, int foreign,
                       uint64_t gfn, uint16_t domid, uint64_t *id)
 {
@@ -108,7 +121,7 @@ int hv_ring_raise_oom(struct hv_ring *r, unsigned int vcpu, int foreign,
     pthread_mutex_lock(&r->lock);
     rc = mem_event_ring_put_sync(&r->core, vcpu, foreign, gfn, domid,
                                  XEN_MEM_EVENT_OOM_UNSHARE, id);
-    if ( !rc && !foreign )
+    if ( (!rc || rc == -EAGAIN) && !foreign )
         r->pause_count[vcpu]++;
     pthread_mutex_unlock(&r->lock);
 
@@ -131,7 +144,8 @@ int hv_ring_put_async(struct hv_ring *r, uint64_t handle, uint64_t gfn,
 
 /*
  * ring_resume(): what the event channel notification does.  Unpaused vCPU
- * ids go to @unpaused (room for @max), their number is returned.
+ * ids (answered, then unparked) go to @unpaused (room for @max), their
+ * number is returned.
  */
 int hv_ring_resume(struct hv_ring *r, unsigned int *unpaused,
                    unsigned int max)
@@ -139,9 +153,8 @@ int hv_ring_resume(struct hv_ring *r, unsigned int *unpaused,
     unsigned int budget, vcpu, n = 0;
 
     pthread_mutex_lock(&r->lock);
-    if ( !r->core.sync )
-        mem_event_ring_update_cons(&r->core);
-    else
+    mem_event_ring_update_cons(&r->core);
+    if ( r->core.sync )
         for ( budget = r->core.nr_slots; budget; budget-- )
         {
             int rc = mem_event_ring_get_response(&r->core, &vcpu);
@@ -157,17 +170,26 @@ int hv_ring_resume(struct hv_ring *r, unsigned int *unpaused,
                 n++;
             }
         }
+    for ( vcpu = 0; r->core.parked && vcpu < r->core.max_vcpus; vcpu++ )
+        if ( mem_event_ring_unpark(&r->core, vcpu) )
+        {
+            r->pause_count[vcpu]--;
+            if ( n < max )
+                unpaused[n] = vcpu;
+            n++;
+        }
     pthread_mutex_unlock(&r->lock);
 
     return n;
 }
 
-/* ring_destroy(): release every vCPU the ring paused. */
+/* ring_destroy(): detach, release every vCPU the ring paused or parked. */
 unsigned int hv_ring_teardown(struct hv_ring *r)
 {
     unsigned int i, n = 0;
 
     pthread_mutex_lock(&r->lock);
+    mem_event_ring_detach(&r->core);
     for ( i = 0; r->core.sync && i < r->core.max_vcpus; i++ )
         if ( mem_event_ring_cancel(&r->core, i) )
         {
@@ -204,10 +226,24 @@ void hv_ring_stats(struct hv_ring *r, struct hv_stats *s)
     s->bad_responses = r->core.stats.bad_responses;
     s->notifications = r->core.stats.notifications;
     s->paused = r->core.paused;
+    s->parked = r->core.parked;
     s->broken = r->core.broken;
+    s->detached = r->core.detached;
     s->req_prod = r->core.req_prod;
     s->rsp_cons = r->core.rsp_cons;
     pthread_mutex_unlock(&r->lock);
+}
+
+/* mem_event_acquire_resource()'s check: only the consumer maps. */
+int hv_ring_may_map(struct hv_ring *r, uint16_t caller)
+{
+    return mem_event_ring_may_map(&r->core, caller);
+}
+
+/* UNREGISTER's and RESUME's check of the owner token. */
+int hv_ring_owns(struct hv_ring *r, uint64_t token)
+{
+    return mem_event_ring_owns(&r->core, token);
 }
 
 /*

@@ -21,6 +21,8 @@ pub struct HvStats {
     pub broken: u32,
     pub req_prod: u32,
     pub rsp_cons: u32,
+    pub parked: u32,
+    pub detached: u32,
 }
 
 extern "C" {
@@ -32,6 +34,8 @@ extern "C" {
         max_vcpus: c_uint,
         domid: u16,
         batch: u32,
+        consumer: u16,
+        token: u64,
         err: *mut c_int,
     ) -> *mut HvRingC;
     pub fn hv_ring_free(r: *mut HvRingC);
@@ -58,4 +62,6 @@ extern "C" {
     pub fn hv_vcpu_pause_count(r: *mut HvRingC, vcpu: c_uint) -> c_uint;
     pub fn hv_ring_stats(r: *mut HvRingC, s: *mut HvStats);
     pub fn hv_ring_set_start(r: *mut HvRingC, start: u32);
+    pub fn hv_ring_may_map(r: *mut HvRingC, caller: u16) -> c_int;
+    pub fn hv_ring_owns(r: *mut HvRingC, token: u64) -> c_int;
 }

@@ -41,6 +41,15 @@ pub fn total_frames(ty: u32, nr_frames: u32) -> u32 {
     unsafe { ffi::hv_total_frames(ty, nr_frames) }
 }
 
+/// Who owns a ring: its consumer domain and its owner token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    /// The consumer domain (the only one that may map the ring).
+    pub consumer: u16,
+    /// The registration's owner token.
+    pub token: u64,
+}
+
 /// One ring as the hypervisor sees it.
 #[derive(Debug)]
 pub struct HvRing {
@@ -56,7 +65,8 @@ unsafe impl Send for HvRing {}
 unsafe impl Sync for HvRing {}
 
 impl HvRing {
-    /// `mem_event_ring_init()` on fresh page-aligned, zeroed memory.
+    /// `mem_event_ring_init()` on fresh page-aligned, zeroed memory, for
+    /// consumer domain 0 with owner token [`HvRing::DEFAULT_TOKEN`].
     /// Errors are the ring core's negative errno values.
     pub fn new(
         ty: u32,
@@ -65,12 +75,54 @@ impl HvRing {
         domid: u16,
         batch: u32,
     ) -> Result<Self, i32> {
+        let owner = Owner {
+            consumer: 0,
+            token: HvRing::DEFAULT_TOKEN,
+        };
+        HvRing::with_owner(ty, nr_frames, max_vcpus, domid, batch, owner)
+    }
+
+    /// The owner token of rings made by [`HvRing::new`].
+    pub const DEFAULT_TOKEN: u64 = 1;
+
+    /// `mem_event_ring_init()` for the given consumer domain and token.
+    pub fn with_owner(
+        ty: u32,
+        nr_frames: u32,
+        max_vcpus: u32,
+        domid: u16,
+        batch: u32,
+        owner: Owner,
+    ) -> Result<Self, i32> {
         let mut err = 0;
         // SAFETY: `err` is a valid out-pointer; the result is owned by us.
-        let ptr = unsafe { ffi::hv_ring_new(ty, nr_frames, max_vcpus, domid, batch, &mut err) };
+        let ptr = unsafe {
+            ffi::hv_ring_new(
+                ty,
+                nr_frames,
+                max_vcpus,
+                domid,
+                batch,
+                owner.consumer,
+                owner.token,
+                &mut err,
+            )
+        };
         NonNull::new(ptr)
             .map(|ring| HvRing { ring, domid })
             .ok_or(err)
+    }
+
+    /// `mem_event_ring_may_map()`: may domain `caller` map the frames?
+    pub fn may_map(&self, caller: u16) -> bool {
+        // SAFETY: `self.ring` is live.
+        unsafe { ffi::hv_ring_may_map(self.ring.as_ptr(), caller) != 0 }
+    }
+
+    /// `mem_event_ring_owns()`: is `token` the ring's owner token?
+    pub fn owns(&self, token: u64) -> bool {
+        // SAFETY: `self.ring` is live.
+        unsafe { ffi::hv_ring_owns(self.ring.as_ptr(), token) != 0 }
     }
 
     /// Start of the shared frames.
@@ -102,7 +154,9 @@ impl HvRing {
 
     /// A fault of the domain's own `vcpu` on `gfn`: post a request and pause
     /// the vCPU.  Returns the request id (0 with `Ok` means the vCPU already
-    /// had a request pending: `-EEXIST` in the ring core).
+    /// had a request pending or was parked: `-EEXIST` in the ring core).
+    /// `Err(-EAGAIN)`: the ring had no room (or is broken or detached), the
+    /// vCPU is parked (paused without a request).
     pub fn raise_oom(&self, vcpu: u32, gfn: u64) -> Result<u64, i32> {
         self.raise(vcpu, false, gfn)
     }
@@ -148,8 +202,9 @@ impl HvRing {
     }
 
     /// What the event channel notification from the consumer does: process
-    /// responses (sync) or the consumer index (async).  Returns the vCPUs
-    /// unpaused, in response order.
+    /// responses (sync) or the consumer index (async), then release parked
+    /// vCPUs if there is room.  Returns the vCPUs unpaused, answered ones
+    /// first in response order, then unparked ones.
     pub fn resume(&self) -> Vec<u32> {
         let mut out = vec![0u32; 4096];
         let cap = u32::try_from(out.len()).unwrap_or(u32::MAX);
@@ -159,7 +214,8 @@ impl HvRing {
         out
     }
 
-    /// Teardown: release every vCPU the ring paused; returns how many.
+    /// Teardown: detach (flag, scrub) and release every vCPU the ring paused
+    /// or parked; returns how many.
     pub fn teardown(&self) -> u32 {
         // SAFETY: `self.ring` is live.
         unsafe { ffi::hv_ring_teardown(self.ring.as_ptr()) }

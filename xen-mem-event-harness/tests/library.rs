@@ -206,7 +206,7 @@ fn wraparound_through_the_library() {
         }
         ring_round(&mut oom, 4);
         for i in 0..50 {
-            hv_inval.put_invalidate(round * 50 + i, i, DOM, 3, 0);
+            hv_inval.put_invalidate(round * 50 + i, i, DOM, 2, 0);
         }
         for rec in inval.batch().unwrap() {
             assert_eq!(rec.unwrap().seq, seq);

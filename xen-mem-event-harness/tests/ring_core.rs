@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use xen_mem_event_harness::{total_frames, HvRing, SHARING_INVALIDATE, SHARING_OOM};
+use xen_mem_event_harness::{total_frames, HvRing, Owner, SHARING_INVALIDATE, SHARING_OOM};
 
 const REQ_PROD: usize = 64;
 const FLAGS: usize = 68;
@@ -114,7 +114,7 @@ fn frames_and_validation() {
     let r = HvRing::new(SHARING_OOM, 2, 4, 7, 0).unwrap();
     let raw = Raw { ring: &r };
     assert_eq!(r.len(), 5 * 4096);
-    assert_eq!(raw.get(0), 1, "interface version");
+    assert_eq!(raw.get(0), 2, "interface version");
     assert_eq!(raw.get(4), SHARING_OOM);
     assert_eq!(raw.nr_slots(), 256);
     assert_eq!(raw.get(12), 4096);
@@ -198,7 +198,8 @@ fn bad_responses_are_dropped_and_counted() {
 
 #[test]
 fn every_vcpu_finds_a_slot_foreign_requests_do_not_take_them() {
-    // 128 slots, 100 vCPUs: 28 slots for foreign requests at most.
+    // 128 slots, 100 vCPUs: a foreign request only while more than 100 are
+    // free, so 28 at most.
     let r = HvRing::new(SHARING_OOM, 1, 100, 1, 0).unwrap();
     let raw = Raw { ring: &r };
     let mut foreign_ok = 0;
@@ -368,16 +369,28 @@ fn corrupt_consumer_indices_break_the_ring_safely() {
     raw.set(RSP_PROD, 129);
     assert!(r.resume().is_empty());
     assert_eq!(r.stats().broken, 1);
-    assert_eq!(r.raise_oom(1, 1), Err(-libc::EIO));
-    assert_eq!(r.pause_count(1), 0, "not paused on a broken ring");
-    assert_eq!(r.teardown(), 1, "teardown still releases vCPU 0");
-    assert_eq!(r.pause_count(0), 0);
+    // A vCPU faulting on a broken ring is parked: paused, no request, so it
+    // does not re-fault in a loop; foreign requests are refused.
+    assert_eq!(r.raise_oom(1, 1), Err(-libc::EAGAIN));
+    assert_eq!(r.pause_count(1), 1, "parked on a broken ring");
+    assert_eq!(
+        r.raise_oom(1, 1),
+        Ok(0),
+        "a parked vCPU does not park twice"
+    );
+    assert_eq!(r.raise_foreign(3, 1), Err(-libc::EIO));
+    assert!(r.resume().is_empty(), "a broken ring releases nobody");
+    assert_eq!((r.stats().paused, r.stats().parked), (1, 1));
+    assert_eq!(r.teardown(), 2, "teardown releases vCPU 0 and the parked 1");
+    assert_eq!((r.pause_count(0), r.pause_count(1)), (0, 0));
+    assert_eq!((r.stats().paused, r.stats().parked), (0, 0));
 
     let r = HvRing::new(SHARING_OOM, 1, 2, 1, 0).unwrap();
     let raw = Raw { ring: &r };
     raw.set(REQ_CONS, 0xdead_beef);
-    assert_eq!(r.raise_oom(0, 1), Err(-libc::EIO));
+    assert_eq!(r.raise_oom(0, 1), Err(-libc::EAGAIN));
     assert_eq!(raw.get(RSP_CONS), 0);
+    assert_eq!(r.stats().produced, 0);
 }
 
 #[test]
@@ -393,6 +406,191 @@ fn teardown_releases_every_paused_vcpu() {
     assert_eq!(r.teardown(), 15);
     assert!((0..16).all(|v| r.pause_count(v) == 0));
     assert_eq!(r.stats().paused, 0);
+}
+
+/// The sequence of issue 11: a consumed request frees its slot, a foreign
+/// request must not take it, or the vCPU finds none once answered.
+#[test]
+fn a_foreign_request_never_takes_a_slot_a_vcpu_will_need() {
+    let r = HvRing::new(SHARING_OOM, 1, 128, 1, 0).unwrap();
+    let raw = Raw { ring: &r };
+    let id0 = r.raise_oom(0, 0x10).unwrap();
+    assert_eq!(raw.take().len(), 1);
+    assert_eq!(r.raise_foreign(200, 0x20), Err(-libc::EBUSY));
+    raw.respond(id0, 0, 0, [0, 0]);
+    assert_eq!(r.resume(), vec![0]);
+    for v in 0..128 {
+        assert_ne!(r.raise_oom(v, u64::from(v)), Err(-libc::EAGAIN), "vCPU {v}");
+        assert_eq!(r.pause_count(v), 1);
+    }
+    let s = r.stats();
+    assert_eq!((s.paused, s.parked, s.lost), (128, 0, 1));
+}
+
+/// A consumer that answers without consuming: the ring fills up, and a vCPU
+/// that faults again is parked (no busy loop) until the consumer catches up.
+#[test]
+fn a_vcpu_without_a_slot_is_parked_until_there_is_room() {
+    let r = HvRing::new(SHARING_OOM, 1, 128, 1, 0).unwrap();
+    let raw = Raw { ring: &r };
+    let ids: Vec<u64> = (0..128).map(|v| r.raise_oom(v, 1).unwrap()).collect();
+    raw.respond(ids[0], 0, 0, [0, 0]);
+    assert_eq!(r.resume(), vec![0], "answered, but its slot not consumed");
+    assert_eq!(r.raise_oom(0, 1), Err(-libc::EAGAIN));
+    assert_eq!(
+        (r.pause_count(0), r.stats().parked, r.stats().lost),
+        (1, 1, 1)
+    );
+    assert!(r.resume().is_empty(), "still no room: stays parked");
+    assert_eq!(raw.take().len(), 128);
+    assert_eq!(r.resume(), vec![0], "room again: released to retry");
+    assert_eq!(r.pause_count(0), 0);
+    assert_ne!(r.raise_oom(0, 1).unwrap(), 0);
+    assert_eq!(r.stats().parked, 0);
+}
+
+/// Only the registered consumer maps the frames; only the owner token
+/// unregisters or resumes.
+#[test]
+fn only_the_owner_acts_on_a_ring() {
+    let owner = Owner {
+        consumer: 7,
+        token: 0x1234_5678_9abc,
+    };
+    let r = HvRing::with_owner(SHARING_INVALIDATE, 1, 1, 3, 0, owner).unwrap();
+    assert!(r.may_map(7));
+    assert!(!r.may_map(0), "dom0, not the consumer");
+    assert!(!r.may_map(3), "the target itself (e.g. its device model)");
+    assert!(r.owns(owner.token));
+    assert!(!r.owns(owner.token + 1));
+    assert!(!r.owns(0));
+}
+
+/// Ids of one ring are bad responses on the next ring of the domain (a
+/// stale answer after a takeover must not release a vCPU).
+#[test]
+fn ids_are_unique_across_successive_rings() {
+    let ring = |token| {
+        let owner = Owner { consumer: 0, token };
+        HvRing::with_owner(SHARING_OOM, 1, 2, 1, 0, owner).unwrap()
+    };
+    let old = ring(41);
+    let old_id = old.raise_oom(0, 1).unwrap();
+    drop(old);
+    let new = ring(42);
+    let raw = Raw { ring: &new };
+    let new_id = new.raise_oom(0, 1).unwrap();
+    assert_ne!(old_id, new_id);
+    raw.take();
+    raw.respond(old_id, 0, 0, [0, 0]);
+    assert!(new.resume().is_empty(), "the stale answer released nobody");
+    assert_eq!((new.stats().bad_responses, new.pause_count(0)), (1, 1));
+    raw.respond(new_id, 0, 0, [0, 0]);
+    assert_eq!(new.resume(), vec![0]);
+}
+
+/// Teardown says so in the header and scrubs the arrays (gfns, handles).
+#[test]
+fn teardown_detaches_and_scrubs() {
+    let r = HvRing::new(SHARING_INVALIDATE, 1, 1, 1, 0).unwrap();
+    let raw = Raw { ring: &r };
+    for i in 0..10 {
+        r.put_invalidate(0xabc0 + i, 0x5000 + i, 1, 2, 0);
+    }
+    assert_ne!(raw.record(4096, 3), [0; 4]);
+    r.teardown();
+    assert_eq!(raw.get(FLAGS) & 2, 2, "XEN_MEM_EVENT_RING_F_DETACHED");
+    assert!((0..128).all(|i| raw.record(4096, i) == [0; 4]));
+    assert!(!r.put_invalidate(1, 1, 1, 2, 0));
+    assert_eq!((r.stats().produced, r.stats().lost), (10, 1));
+
+    let r = HvRing::new(SHARING_OOM, 1, 2, 1, 0).unwrap();
+    let raw = Raw { ring: &r };
+    let id = r.raise_oom(0, 0x77).unwrap();
+    raw.respond(id, 0, 0, [0, 0]);
+    r.teardown();
+    assert_eq!(raw.get(FLAGS) & 2, 2);
+    assert_eq!(raw.record(4096, 0), [0; 4], "request scrubbed");
+    assert_eq!(raw.record(4096 + 4096, 0), [0; 4], "response scrubbed");
+    assert_eq!(r.raise_oom(1, 1), Err(-libc::EAGAIN), "nothing posted");
+}
+
+mod interleavings {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Fault(u32),
+        FaultAll,
+        Foreign(u32),
+        Consume,
+        Answer(usize),
+        Resume,
+    }
+
+    fn step(vcpus: u32) -> impl Strategy<Value = Step> {
+        prop_oneof![
+            3 => (0..vcpus).prop_map(Step::Fault),
+            1 => Just(Step::FaultAll),
+            3 => (1u32..=130).prop_map(Step::Foreign),
+            2 => Just(Step::Consume),
+            3 => any::<usize>().prop_map(Step::Answer),
+            2 => Just(Step::Resume),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// While the consumer follows the protocol (consumes what it reads,
+        /// answers only what it consumed), no vCPU's request is refused.
+        #[test]
+        fn a_vcpu_request_is_never_refused(
+            (vcpus, steps) in (1u32..=128).prop_flat_map(|v| {
+                (Just(v), proptest::collection::vec(step(v), 1..200))
+            })
+        ) {
+            let r = HvRing::new(SHARING_OOM, 1, vcpus, 1, 0).unwrap();
+            let raw = Raw { ring: &r };
+            let mut consumed: Vec<(u64, u32)> = Vec::new();
+            for s in steps {
+                match s {
+                    Step::Fault(v) if r.pause_count(v) == 0 => {
+                        let rc = r.raise_oom(v, u64::from(v));
+                        prop_assert!(matches!(rc, Ok(id) if id != 0), "vCPU {} got {:?}", v, rc);
+                    }
+                    Step::Fault(_) => {}
+                    Step::FaultAll => {
+                        for v in (0..vcpus).filter(|v| r.pause_count(*v) == 0) {
+                            let rc = r.raise_oom(v, u64::from(v));
+                            prop_assert!(matches!(rc, Ok(id) if id != 0), "vCPU {} got {:?}", v, rc);
+                        }
+                    }
+                    Step::Foreign(n) => {
+                        for _ in 0..n {
+                            let _ = r.raise_foreign(vcpus + 1, 0);
+                        }
+                    }
+                    Step::Consume => consumed.extend(
+                        raw.take()
+                            .iter()
+                            .filter(|q| q[0] != 0)
+                            .map(|q| (q[0], vcpu_of(q))),
+                    ),
+                    Step::Answer(i) if !consumed.is_empty() => {
+                        let (id, v) = consumed.swap_remove(i % consumed.len());
+                        raw.respond(id, v, 0, [0, 0]);
+                    }
+                    Step::Answer(_) => {}
+                    Step::Resume => {
+                        r.resume();
+                    }
+                }
+                let s = r.stats();
+                prop_assert_eq!((s.parked, s.broken, s.bad_responses), (0, 0, 0));
+            }
+        }
+    }
 }
 
 #[test]

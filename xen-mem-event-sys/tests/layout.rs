@@ -166,10 +166,8 @@ fn records_take_their_constants() {
     let reasons = [
         XEN_MEM_EVENT_INVALIDATE_MERGED,
         XEN_MEM_EVENT_INVALIDATE_UNSHARED,
-        XEN_MEM_EVENT_INVALIDATE_FREED,
-        XEN_MEM_EVENT_INVALIDATE_DESTROYED,
     ];
-    assert_eq!(reasons, [1, 2, 3, 4]);
+    assert_eq!(reasons, [1, 2]);
     let rec = xen_mem_event_async_rec {
         reason: XEN_MEM_EVENT_INVALIDATE_MERGED,
         flags: XEN_MEM_EVENT_INVALIDATE_F_HANDLE_GONE,
@@ -181,7 +179,7 @@ fn records_take_their_constants() {
 #[test]
 fn domctl_mem_event_ring_layout() {
     type D = xen_domctl_mem_event_ring;
-    assert_eq!(size_of::<D>(), 80);
+    assert_eq!(size_of::<D>(), 88);
     assert_eq!(align_of::<D>(), 8);
     assert_eq!(offset_of!(D, op), 0);
     assert_eq!(offset_of!(D, type_), 4);
@@ -193,12 +191,13 @@ fn domctl_mem_event_ring_layout() {
     assert_eq!(offset_of!(D, consumer), 28);
     assert_eq!(offset_of!(D, state), 30);
     assert_eq!(offset_of!(D, paused_vcpus), 32);
-    assert_eq!(offset_of!(D, pad), 36);
-    assert_eq!(offset_of!(D, produced), 40);
-    assert_eq!(offset_of!(D, consumed), 48);
-    assert_eq!(offset_of!(D, lost), 56);
-    assert_eq!(offset_of!(D, bad_responses), 64);
-    assert_eq!(offset_of!(D, notifications), 72);
+    assert_eq!(offset_of!(D, parked_vcpus), 36);
+    assert_eq!(offset_of!(D, token), 40);
+    assert_eq!(offset_of!(D, produced), 48);
+    assert_eq!(offset_of!(D, consumed), 56);
+    assert_eq!(offset_of!(D, lost), 64);
+    assert_eq!(offset_of!(D, bad_responses), 72);
+    assert_eq!(offset_of!(D, notifications), 80);
     // It must fit in the union without growing it.
     assert!(size_of::<D>() <= 128);
 }
@@ -280,7 +279,8 @@ fn constants() {
     assert_eq!(XENMEM_resource_vmtrace_buf, 2);
     assert_eq!(XEN_MEM_EVENT_MAX_FRAMES, 64);
     assert_eq!(XEN_MEM_EVENT_RECORD_SIZE, 32);
-    assert_eq!(XEN_MEM_EVENT_INTERFACE_VERSION, 1);
+    assert_eq!(XEN_MEM_EVENT_INTERFACE_VERSION, 2);
+    assert_eq!(XEN_MEM_EVENT_RING_F_DETACHED, 2);
     assert_eq!(XEN_MEM_EVENT_TYPE_SHARING_OOM, 0);
     assert_eq!(XEN_MEM_EVENT_TYPE_SHARING_INVALIDATE, 1);
     assert_eq!(XEN_MEM_EVENT_NR_TYPES, 2);

@@ -14,12 +14,10 @@ use crate::{BrokenReason, Error, EventType, Op, Ring, RingBuilder};
 pub enum InvalidateReason {
     /// The page was merged into another page by a share.
     Merged,
-    /// The gfn was unshared (written to, or unshared explicitly).
+    /// The gfn was unshared (written to, unshared explicitly, or freed:
+    /// a freed gfn is unshared first).  Nothing is reported for the gfns
+    /// of a dying domain: its rings are torn down instead.
     Unshared,
-    /// The gfn was removed from the physmap.
-    Freed,
-    /// The gfn went away with its domain.
-    Destroyed,
 }
 
 impl InvalidateReason {
@@ -28,21 +26,14 @@ impl InvalidateReason {
         match self {
             InvalidateReason::Merged => abi::XEN_MEM_EVENT_INVALIDATE_MERGED,
             InvalidateReason::Unshared => abi::XEN_MEM_EVENT_INVALIDATE_UNSHARED,
-            InvalidateReason::Freed => abi::XEN_MEM_EVENT_INVALIDATE_FREED,
-            InvalidateReason::Destroyed => abi::XEN_MEM_EVENT_INVALIDATE_DESTROYED,
         }
     }
 
     /// The reason of an ABI value.
     pub fn from_raw(raw: u16) -> Option<InvalidateReason> {
-        [
-            InvalidateReason::Merged,
-            InvalidateReason::Unshared,
-            InvalidateReason::Freed,
-            InvalidateReason::Destroyed,
-        ]
-        .into_iter()
-        .find(|r| r.raw() == raw)
+        [InvalidateReason::Merged, InvalidateReason::Unshared]
+            .into_iter()
+            .find(|r| r.raw() == raw)
     }
 }
 

@@ -16,7 +16,7 @@ fn xen() -> FakeXen {
 
 fn put(xen: &FakeXen, n: u64) -> u64 {
     (0..n)
-        .filter(|h| xen.put_async(DOM, *h, *h * 2, InvalidateReason::Freed, h % 2 == 0))
+        .filter(|h| xen.put_async(DOM, *h, *h * 2, InvalidateReason::Unshared, h % 2 == 0))
         .count() as u64
 }
 
@@ -31,7 +31,7 @@ fn batch_iterates_and_releases_on_drop() {
         let first: Vec<_> = b.by_ref().take(2).map(Result::unwrap).collect();
         assert_eq!(first[0].handle, 0);
         assert!(first[0].handle_gone);
-        assert_eq!(first[1].reason, InvalidateReason::Freed);
+        assert_eq!(first[1].reason, InvalidateReason::Unshared);
         assert_eq!(b.remaining(), 3);
     }
     // Only the two iterated records were released.

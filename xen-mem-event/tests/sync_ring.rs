@@ -102,7 +102,7 @@ fn version_mismatch_unregisters() {
             err,
             Error::VersionMismatch {
                 found: 7,
-                expected: 1,
+                expected: 2,
                 ..
             }
         ),
