@@ -1,0 +1,420 @@
+//! The daemon: scan passes, merges, invalidation batches, counters.
+
+use std::collections::BTreeMap;
+use std::ops::Bound::{Excluded, Unbounded};
+use std::time::Duration;
+
+use crate::backend::{Backend, HostCounters, OpError, PageSource, MAX_BATCH};
+use crate::table::{Observed, Table};
+use crate::{page_key, DomId, Gfn, GfnRef, Handle, InvalidateBatch, Page, Stats, ZERO_KEY};
+
+/// How the daemon scans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Config {
+    /// Gfns read per call (at most [`MAX_BATCH`]).
+    pub batch: usize,
+    /// Pages scanned per pass, round-robin across domains one batch at a
+    /// time (KSM `pages_to_scan`).
+    pub pages_per_pass: u64,
+    /// Time between the starts of two passes (KSM `sleep_millisecs`).
+    pub pass_interval: Duration,
+    /// Apply invalidation records (false: `--no-invalidate`, stale
+    /// entries are only found when a share fails).
+    pub invalidate: bool,
+}
+
+impl Default for Config {
+    /// 4096 pages (16 MiB) every 100 ms, batches of 512, with the ring.
+    fn default() -> Config {
+        Config {
+            batch: MAX_BATCH,
+            pages_per_pass: 4096,
+            pass_interval: Duration::from_millis(100),
+            invalidate: true,
+        }
+    }
+}
+
+impl Config {
+    /// Scans about `pages_per_sec` pages per second in passes every
+    /// `interval`.
+    pub fn with_rate(mut self, pages_per_sec: u64, interval: Duration) -> Config {
+        let per_pass = u128::from(pages_per_sec) * interval.as_millis() / 1000;
+        self.pages_per_pass = u64::try_from(per_pass).unwrap_or(u64::MAX).max(1);
+        self.pass_interval = interval;
+        self
+    }
+}
+
+/// Where the scan of one domain stands.
+#[derive(Debug, Clone, Copy, Default)]
+struct DomScan {
+    /// Next gfn to read.
+    cursor: Gfn,
+    /// Gfns of the domain, read again after every wrap.
+    count: Option<u64>,
+    /// Wrapped since the last full scan.
+    wrapped: bool,
+}
+
+/// One side of a merge.
+#[derive(Debug, Clone, Copy)]
+struct Side {
+    page: GfnRef,
+    handle: Option<Handle>,
+}
+
+/// The sharing daemon's logic.  The caller drives it: [`Daemon::step`]
+/// (or [`Daemon::pass`]) on a timer, [`Daemon::apply`] for each batch of
+/// each domain's invalidation ring, [`Daemon::add_domain`] /
+/// [`Daemon::remove_domain`] as domains come and go.
+#[derive(Debug)]
+pub struct Daemon {
+    cfg: Config,
+    table: Table,
+    doms: BTreeMap<DomId, DomScan>,
+    /// The domain scanned last (round-robin).
+    rr: Option<DomId>,
+    next_pass: Option<Duration>,
+    stats: Stats,
+    host: HostCounters,
+    bufs: Box<[Page; 2]>,
+    keys: Vec<(Gfn, u64)>,
+    bad: Vec<Gfn>,
+}
+
+impl Daemon {
+    /// A daemon managing no domain yet.
+    pub fn new(mut cfg: Config) -> Daemon {
+        cfg.batch = cfg.batch.clamp(1, MAX_BATCH);
+        Daemon {
+            cfg,
+            table: Table::new(),
+            doms: BTreeMap::new(),
+            rr: None,
+            next_pass: None,
+            stats: Stats::default(),
+            host: HostCounters::default(),
+            bufs: Box::new([[0; crate::PAGE_SIZE]; 2]),
+            keys: Vec::with_capacity(MAX_BATCH),
+            bad: Vec::new(),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The candidate table.
+    pub fn table(&self) -> &Table {
+        &self.table
+    }
+
+    /// Starts managing `domid`; false if it already was.
+    pub fn add_domain(&mut self, domid: DomId) -> bool {
+        if self.doms.contains_key(&domid) {
+            return false;
+        }
+        self.doms.insert(domid, DomScan::default());
+        true
+    }
+
+    /// Forgets `domid` (it went away, or is no longer managed); false if
+    /// it was not managed.
+    pub fn remove_domain(&mut self, domid: DomId) -> bool {
+        self.table.forget_domain(domid);
+        self.doms.remove(&domid).is_some()
+    }
+
+    /// The managed domains.
+    pub fn domains(&self) -> impl Iterator<Item = DomId> + '_ {
+        self.doms.keys().copied()
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            pages_shared: self.table.pages_shared(),
+            pages_sharing: self.table.pages_sharing(),
+            host_saved: self.host.saved_pages,
+            host_shared_frames: self.host.shared_frames,
+            table_entries: self.table.len() as u64,
+            ..self.stats
+        }
+    }
+
+    /// Applies one batch of a domain's invalidation ring.  A batch with
+    /// losses makes that domain be scanned again from the start, its
+    /// entries forgotten (which records were missed is unknown).  Does
+    /// nothing without [`Config::invalidate`].
+    pub fn apply(&mut self, batch: &InvalidateBatch) {
+        if !self.cfg.invalidate {
+            return;
+        }
+        for rec in &batch.records {
+            self.table.apply(rec);
+        }
+        self.stats.records_applied += batch.records.len() as u64;
+        if batch.lost > 0 {
+            self.stats.records_lost += batch.lost;
+            self.rescan(batch.domid);
+        }
+    }
+
+    fn rescan(&mut self, domid: DomId) {
+        let Some(s) = self.doms.get_mut(&domid) else {
+            return;
+        };
+        *s = DomScan::default();
+        self.table.forget_domain(domid);
+        self.stats.rescans += 1;
+    }
+
+    /// Runs a pass if one is due at `now` (time since any fixed origin);
+    /// returns when the next one is due.
+    pub fn step<B: Backend + ?Sized>(&mut self, xen: &mut B, now: Duration) -> Duration {
+        let due = *self.next_pass.get_or_insert(now);
+        if now >= due {
+            self.pass(xen);
+            self.next_pass = Some(now + self.cfg.pass_interval);
+        }
+        self.next_pass.unwrap_or(now)
+    }
+
+    /// One pass: up to [`Config::pages_per_pass`] pages, a batch from each
+    /// domain in turn, stopping early when a full scan completes (a pass
+    /// never reads a page twice); then Xen's counters.  Returns the pages
+    /// scanned.
+    pub fn pass<B: Backend + ?Sized>(&mut self, xen: &mut B) -> u64 {
+        let (mut budget, mut scanned, mut idle) = (self.cfg.pages_per_pass, 0, 0);
+        let full_scans = self.stats.full_scans;
+        while budget > 0 && idle <= self.doms.len() && self.stats.full_scans == full_scans {
+            let Some(domid) = self.next_domain() else {
+                break;
+            };
+            let n = self.scan_some(xen, domid, budget);
+            idle = if n == 0 { idle + 1 } else { 0 };
+            budget = budget.saturating_sub(n);
+            scanned += n;
+        }
+        if let Ok(h) = xen.host_counters() {
+            self.host = h;
+        }
+        scanned
+    }
+
+    fn next_domain(&mut self) -> Option<DomId> {
+        let next = match self.rr {
+            Some(last) => self.doms.range((Excluded(last), Unbounded)).next(),
+            None => None,
+        };
+        let d = next.or_else(|| self.doms.iter().next()).map(|(d, _)| *d)?;
+        self.rr = Some(d);
+        Some(d)
+    }
+
+    /// Scans the next batch of `domid`; returns the gfns covered.
+    fn scan_some<B: Backend + ?Sized>(&mut self, xen: &mut B, domid: DomId, budget: u64) -> u64 {
+        let Some(count) = self.domain_count(xen, domid) else {
+            return 0;
+        };
+        let Some(s) = self.doms.get(&domid).copied() else {
+            return 0;
+        };
+        let room = count.saturating_sub(s.cursor);
+        let n = room.min(budget).min(self.cfg.batch as u64);
+        if n > 0 {
+            let gfns: Vec<Gfn> = (s.cursor..s.cursor + n).collect();
+            self.scan_batch(xen, domid, &gfns);
+        }
+        if let Some(s) = self.doms.get_mut(&domid) {
+            s.cursor += n;
+            if s.cursor >= count {
+                self.wrap(domid);
+            }
+        }
+        n
+    }
+
+    fn domain_count<B: Backend + ?Sized>(&mut self, xen: &mut B, domid: DomId) -> Option<u64> {
+        let s = self.doms.get_mut(&domid)?;
+        if let Some(c) = s.count {
+            return Some(c);
+        }
+        match xen.gfn_count(domid) {
+            Ok(c) => {
+                s.count = Some(c);
+                Some(c)
+            }
+            Err(e) => {
+                self.failed_domain(domid, e);
+                None
+            }
+        }
+    }
+
+    fn failed_domain(&mut self, domid: DomId, e: OpError) {
+        if e == OpError::NoDomain {
+            self.remove_domain(domid);
+            self.stats.domains_gone += 1;
+        }
+    }
+
+    fn wrap(&mut self, domid: DomId) {
+        if let Some(s) = self.doms.get_mut(&domid) {
+            *s = DomScan {
+                wrapped: true,
+                ..DomScan::default()
+            };
+        }
+        if self.doms.values().all(|s| s.wrapped) {
+            self.stats.full_scans += 1;
+            self.doms.values_mut().for_each(|s| s.wrapped = false);
+        }
+    }
+
+    fn scan_batch<B: Backend + ?Sized>(&mut self, xen: &mut B, domid: DomId, gfns: &[Gfn]) {
+        let mut keys = std::mem::take(&mut self.keys);
+        let mut bad = std::mem::take(&mut self.bad);
+        keys.clear();
+        bad.clear();
+        let read = xen.read_pages(domid, gfns, &mut |gfn, page| match page {
+            Ok(p) => keys.push((gfn, page_key(p))),
+            Err(_) => bad.push(gfn),
+        });
+        match read {
+            Ok(()) => {
+                self.stats.pages_scanned += keys.len() as u64;
+                self.stats.zero_pages += keys.iter().filter(|(_, k)| *k == ZERO_KEY).count() as u64;
+                self.stats.read_errors += bad.len() as u64;
+                for &gfn in &bad {
+                    self.table.remove(GfnRef::new(domid, gfn));
+                }
+                for &(gfn, key) in &keys {
+                    self.observe(xen, GfnRef::new(domid, gfn), key);
+                }
+            }
+            Err(e) => {
+                self.stats.read_errors += gfns.len() as u64;
+                self.failed_domain(domid, e);
+            }
+        }
+        self.keys = keys;
+        self.bad = bad;
+    }
+
+    fn observe<B: Backend + ?Sized>(&mut self, xen: &mut B, page: GfnRef, key: u64) {
+        if let Observed::Match {
+            rep,
+            rep_handle,
+            handle,
+        } = self.table.observe(page, key)
+        {
+            let rep = Side {
+                page: rep,
+                handle: rep_handle,
+            };
+            self.merge(xen, key, rep, Side { page, handle });
+        }
+    }
+
+    /// nominate → read both → compare → share.
+    fn merge<B: Backend + ?Sized>(&mut self, xen: &mut B, key: u64, rep: Side, new: Side) {
+        let Some(hs) = self.handle_of(xen, rep) else {
+            self.table.set_rep(key, new.page);
+            return;
+        };
+        let Some(hc) = self.handle_of(xen, new) else {
+            return;
+        };
+        if hs == hc || !self.same_contents(xen, key, rep.page, new.page) {
+            return;
+        }
+        // The frame with more known gfns stays; the other one's move.
+        let (src, sh, cli, ch) = if self.table.members(hc) > self.table.members(hs) {
+            (new.page, hc, rep.page, hs)
+        } else {
+            (rep.page, hs, new.page, hc)
+        };
+        self.stats.share_attempts += 1;
+        match xen.share(src, sh, cli, ch) {
+            Ok(()) => {
+                self.stats.share_ok += 1;
+                self.table.merged(cli, ch, sh);
+            }
+            Err(OpError::StaleSource) => {
+                self.stats.stale_source += 1;
+                self.table.remove(src);
+                self.table.set_rep(key, cli);
+            }
+            Err(OpError::StaleClient) => {
+                self.stats.stale_client += 1;
+                self.table.remove(cli);
+                self.table.set_rep(key, src);
+            }
+            Err(_) => {
+                self.stats.share_failed += 1;
+                self.table.remove(new.page);
+            }
+        }
+    }
+
+    /// The handle of one side: the one the table has, or a nomination.
+    fn handle_of<B: Backend + ?Sized>(&mut self, xen: &mut B, side: Side) -> Option<Handle> {
+        if side.handle.is_some() {
+            return side.handle;
+        }
+        match xen.nominate(side.page) {
+            Ok(h) => {
+                self.table.set_handle(side.page, h);
+                Some(h)
+            }
+            Err(_) => {
+                self.stats.nominate_failed += 1;
+                self.table.remove(side.page);
+                None
+            }
+        }
+    }
+
+    /// Reads both pages again (after nomination) and compares them byte
+    /// for byte.  A page whose contents no longer have `key` is dropped
+    /// (the next pass sees it anew); the representative is then `new`.
+    fn same_contents<B: Backend + ?Sized>(
+        &mut self,
+        xen: &mut B,
+        key: u64,
+        rep: GfnRef,
+        new: GfnRef,
+    ) -> bool {
+        let [a, b] = &mut *self.bufs;
+        let (ra, rb) = (read_into(xen, rep, a), read_into(xen, new, b));
+        if ra && rb && a == b {
+            return true;
+        }
+        self.stats.compare_mismatch += 1;
+        let fresh = |p: &Page, read| read && page_key(p) == key;
+        let (rep_ok, new_ok) = (fresh(a, ra), fresh(b, rb));
+        if !rep_ok {
+            self.table.remove(rep);
+            self.table.set_rep(key, new);
+        }
+        if !new_ok {
+            self.table.remove(new);
+        }
+        false
+    }
+}
+
+/// Reads one page into `buf`; false if it could not be read.
+fn read_into<B: PageSource + ?Sized>(xen: &mut B, page: GfnRef, buf: &mut Page) -> bool {
+    let mut ok = false;
+    let r = xen.read_pages(page.domid, &[page.gfn], &mut |_, p| {
+        if let Ok(p) = p {
+            buf.copy_from_slice(p);
+            ok = true;
+        }
+    });
+    r.is_ok() && ok
+}

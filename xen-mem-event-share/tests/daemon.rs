@@ -1,0 +1,279 @@
+//! The daemon against the model: what it shares, races with the guest,
+//! losses, domains going away, the mode without invalidations.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{class, Host};
+use xen_mem_event_share::model::Trigger;
+use xen_mem_event_share::{Config, Daemon, GfnRef, Stats};
+
+fn p(d: u16, g: u64) -> GfnRef {
+    GfnRef::new(d, g)
+}
+
+fn daemon(invalidate: bool, doms: &[u16]) -> Daemon {
+    let mut d = Daemon::new(Config {
+        batch: 8,
+        pages_per_pass: 64,
+        invalidate,
+        ..Config::default()
+    });
+    for &dom in doms {
+        d.add_domain(dom);
+    }
+    d
+}
+
+fn assert_sane(host: &mut Host, d: &Daemon) -> Stats {
+    assert_eq!(host.check(), Ok(()));
+    assert_eq!(d.table().check(), Ok(()));
+    let s = d.stats();
+    assert!(s.consistent(), "{s}");
+    s
+}
+
+/// Per domain of 16 gfns: 0–5 zero, 6–9 class 1, 10–15 unique.
+fn three_guests() -> (Host, Daemon) {
+    let mut host = Host::new(1024);
+    for d in 1..=3u16 {
+        host.domain(d, 16, |g| match g {
+            0..=5 => 0,
+            6..=9 => 1,
+            _ => 1000 * u64::from(d) + g,
+        });
+    }
+    (host, daemon(true, &[1, 2, 3]))
+}
+
+#[test]
+fn shares_what_is_identical_within_and_across_guests() {
+    let (mut host, mut d) = three_guests();
+    assert_eq!(d.pass(&mut host.xen), 48);
+    let s = assert_sane(&mut host, &d);
+    // 18 zero pages → 1 frame, 12 class-1 pages → 1 frame.
+    assert_eq!((s.pages_shared, s.pages_sharing), (2, 17 + 11));
+    assert_eq!(s.host_saved, 28);
+    assert_eq!(s.host_shared_frames, 2);
+    assert_eq!((s.share_attempts, s.share_ok), (28, 28));
+    assert_eq!((s.zero_pages, s.full_scans), (18, 1));
+    for dom in 1..=3 {
+        for g in 10..16 {
+            assert_eq!(host.xen.handle_of(p(dom, g)), None, "unique page shared");
+        }
+    }
+    // A second pass finds nothing new to do.
+    d.pass(&mut host.xen);
+    host.deliver(&mut d);
+    let s2 = assert_sane(&mut host, &d);
+    assert_eq!(
+        (s2.share_attempts, s2.pages_sharing, s2.host_saved),
+        (28, 28, 28)
+    );
+    assert_eq!(s2.records_applied, 28);
+}
+
+#[test]
+fn a_guest_write_between_hash_and_nominate_is_caught_by_the_compare() {
+    let mut host = Host::new(64);
+    host.domain(1, 2, |_| 1);
+    let mut d = daemon(true, &[1]);
+    // The first nominate is the representative's: gfn 1 changes before
+    // its own nomination.
+    host.xen.arm(Trigger::Nominate, p(1, 1), &class(2));
+    d.pass(&mut host.xen);
+    let s = assert_sane(&mut host, &d);
+    assert_eq!(
+        (s.compare_mismatch, s.share_attempts, s.host_saved),
+        (1, 0, 0)
+    );
+    // The next pass sees gfn 1's new contents; nothing to share.
+    d.pass(&mut host.xen);
+    assert_eq!(assert_sane(&mut host, &d).share_attempts, 0);
+}
+
+#[test]
+fn a_guest_write_after_nomination_makes_the_share_fail() {
+    let mut host = Host::new(64);
+    host.domain(1, 2, |_| 1);
+    let mut d = daemon(true, &[1]);
+    host.xen.arm(Trigger::Share, p(1, 1), &class(1));
+    d.pass(&mut host.xen);
+    let s = assert_sane(&mut host, &d);
+    assert_eq!((s.share_attempts, s.stale_client, s.host_saved), (1, 1, 0));
+    // Delivered or not, the next pass shares the pair.
+    host.deliver(&mut d);
+    d.pass(&mut host.xen);
+    let s = assert_sane(&mut host, &d);
+    assert_eq!((s.share_ok, s.host_saved, s.pages_sharing), (1, 1, 1));
+}
+
+#[test]
+fn lost_records_make_the_domain_be_scanned_again() {
+    let mut host = Host::new(16);
+    host.domain(1, 16, |_| 0);
+    host.domain(2, 16, |_| 0);
+    let mut d = daemon(true, &[1, 2]);
+    d.pass(&mut host.xen);
+    host.deliver(&mut d);
+    assert_eq!(d.stats().pages_sharing, 31);
+    for g in 0..8 {
+        host.write(p(2, g), &class(1));
+    }
+    assert_eq!(host.xen.drop_records(2), 8);
+    host.deliver(&mut d);
+    let s = assert_sane(&mut host, &d);
+    assert_eq!((s.records_lost, s.rescans), (8, 1));
+    assert_eq!(d.table().len(), 16, "domain 2's entries are forgotten");
+    host.settle(&mut d);
+    let s = assert_sane(&mut host, &d);
+    // 24 zero pages on one frame, 8 class-1 pages on another.
+    assert_eq!((s.pages_sharing, s.host_saved), (23 + 7, 30));
+}
+
+#[test]
+fn a_full_ring_counts_what_it_drops() {
+    let mut host = Host::new(3);
+    host.domain(1, 8, |_| 0);
+    let mut d = daemon(true, &[1]);
+    d.pass(&mut host.xen);
+    let b = host.xen.take_batch(1).unwrap_or_default();
+    assert_eq!((b.records.len(), b.lost), (3, 4));
+    d.apply(&b);
+    let s = assert_sane(&mut host, &d);
+    assert_eq!((s.records_applied, s.records_lost, s.rescans), (3, 4, 1));
+    host.settle(&mut d);
+    let s = assert_sane(&mut host, &d);
+    assert_eq!((s.pages_sharing, s.host_saved), (7, 7));
+}
+
+#[test]
+fn a_domain_that_goes_away_is_forgotten() {
+    let (mut host, mut d) = three_guests();
+    d.pass(&mut host.xen);
+    host.deliver(&mut d);
+    host.destroy(2);
+    d.pass(&mut host.xen);
+    let s = assert_sane(&mut host, &d);
+    assert_eq!(s.domains_gone, 1);
+    assert_eq!(d.domains().collect::<Vec<_>>(), vec![1, 3]);
+    assert_eq!((s.pages_sharing, s.host_saved), (11 + 7, 18));
+    // Told rather than found out: the same.
+    d.remove_domain(3);
+    host.destroy(3);
+    d.pass(&mut host.xen);
+    let s = assert_sane(&mut host, &d);
+    assert_eq!(
+        (s.pages_sharing, s.host_saved, s.domains_gone),
+        (5 + 3, 8, 1)
+    );
+}
+
+#[test]
+fn holes_are_read_errors_not_failures() {
+    let mut host = Host::new(64);
+    host.domain(1, 8, |_| 0);
+    host.punch(p(1, 3));
+    let mut d = daemon(true, &[1]);
+    d.pass(&mut host.xen);
+    let s = assert_sane(&mut host, &d);
+    assert_eq!((s.read_errors, s.pages_scanned, s.host_saved), (1, 7, 6));
+}
+
+#[test]
+fn without_invalidations_a_stale_handle_is_found_by_a_failed_share() {
+    for invalidate in [true, false] {
+        let mut host = Host::new(64);
+        host.domain(1, 4, |g| u64::from(g < 2));
+        let mut d = daemon(invalidate, &[1]);
+        d.pass(&mut host.xen);
+        // The representative is unshared (same contents written back),
+        // then a new page of its class appears.
+        host.write(p(1, 0), &class(1));
+        host.write(p(1, 2), &class(1));
+        host.deliver(&mut d);
+        d.pass(&mut host.xen);
+        let s = assert_sane(&mut host, &d);
+        let want = if invalidate { 0 } else { 1 };
+        assert_eq!(s.stale_source, want, "invalidate {invalidate}: {s}");
+        assert_eq!(s.host_saved, 2 * u64::from(invalidate));
+    }
+}
+
+#[test]
+fn step_runs_a_pass_when_one_is_due() {
+    let mut host = Host::new(64);
+    host.domain(1, 4, |_| 0);
+    let mut d = daemon(true, &[1]);
+    let ms = Duration::from_millis;
+    assert_eq!(d.step(&mut host.xen, ms(1000)), ms(1100));
+    assert_eq!(d.stats().pages_scanned, 4);
+    assert_eq!(d.step(&mut host.xen, ms(1050)), ms(1100));
+    assert_eq!(d.stats().pages_scanned, 4);
+    assert_eq!(d.step(&mut host.xen, ms(1100)), ms(1200));
+    assert_eq!(d.stats().pages_scanned, 8);
+}
+
+#[test]
+fn a_pass_scans_its_budget_round_robin() {
+    let mut host = Host::new(64);
+    host.domain(1, 100, |g| g + 10);
+    host.domain(2, 100, |g| g + 500);
+    let mut d = Daemon::new(Config {
+        batch: 10,
+        pages_per_pass: 30,
+        ..Config::default()
+    });
+    d.add_domain(1);
+    d.add_domain(2);
+    assert_eq!(d.pass(&mut host.xen), 30);
+    assert_eq!(d.table().len(), 30);
+    for _ in 0..6 {
+        d.pass(&mut host.xen);
+    }
+    let s = d.stats();
+    assert_eq!((s.pages_scanned, s.full_scans), (200, 1));
+}
+
+/// Churn: the guests keep rewriting pages, half of them back to shared
+/// contents.  With the ring, no share fails on a stale handle; without
+/// it, shares do (counts only).
+#[test]
+fn churn_with_and_without_invalidations() {
+    let (mut stale, mut saved) = (Vec::new(), Vec::new());
+    for invalidate in [true, false] {
+        let mut host = Host::new(4096);
+        for dom in 1..=3u16 {
+            host.domain(dom, 128, |g| if g % 2 == 0 { 0 } else { 1 + g % 3 });
+        }
+        let mut d = daemon(invalidate, &[1, 2, 3]);
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        for round in 0..200u64 {
+            for i in 0..8u64 {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let page = p(1 + (rng % 3) as u16, (rng >> 8) % 128);
+                let c = if i % 2 == 0 {
+                    rng % 4
+                } else {
+                    10_000 + round * 8 + i
+                };
+                host.write(page, &class(c));
+            }
+            host.deliver(&mut d);
+            d.pass(&mut host.xen);
+            let s = assert_sane(&mut host, &d);
+            assert_eq!(s.host_saved, host.xen.truth().saved_pages);
+        }
+        let s = d.stats();
+        eprintln!("churn, invalidate {invalidate}: {s}");
+        assert!(s.share_ok > 300, "{s}");
+        stale.push(s.stale_failures());
+        saved.push(s.host_saved);
+    }
+    assert_eq!(stale[0], 0, "with invalidations");
+    assert!(stale[1] > 0, "without: {}", stale[1]);
+    assert!(saved[0] > saved[1], "saved with / without: {saved:?}");
+}
