@@ -14,6 +14,7 @@
 mod latency;
 mod loss;
 mod report;
+mod share;
 mod throughput;
 mod util;
 
@@ -27,7 +28,8 @@ use util::{fmt_bytes, fmt_ns, fmt_rate, percentile, BResult, Checks};
 const USAGE: &str = "usage: xme-bench [--smoke] [--json] [--only SECTIONS]
   --smoke        tiny sizes, count checks only (a few seconds, even in debug)
   --json         print the results as JSON instead of the markdown table
-  --only 1,2,3,4 run only these sections (for development; default: all)";
+  --only 1,2,3,4,5 run only these sections (5 or share: the sharing daemon's
+                 table and scan pipeline; for development; default: all)";
 
 const FRAMES: [u32; 3] = [1, 4, 16];
 const BATCHES: [u32; 4] = [1, 16, 64, 256];
@@ -49,8 +51,12 @@ struct Cfg {
     loss_attempts: u64,
     /// Rounds of the lock-step notification count.
     lockstep_rounds: u64,
-    /// Which of the four sections to run.
-    sections: [bool; 4],
+    /// Invalidation records the sharing daemon's table applies (section 5).
+    share_records: u64,
+    /// Bytes of local memory the scan pipeline hashes (section 5).
+    share_bytes: u64,
+    /// Which of the five sections to run.
+    sections: [bool; 5],
 }
 
 impl Cfg {
@@ -64,7 +70,9 @@ impl Cfg {
                 oom_rounds: 1,
                 loss_attempts: 20_000,
                 lockstep_rounds: 5,
-                sections: [true; 4],
+                share_records: 20_000,
+                share_bytes: 4 << 20,
+                sections: [true; 5],
             }
         } else {
             Cfg {
@@ -75,7 +83,9 @@ impl Cfg {
                 oom_rounds: 4,
                 loss_attempts: 2_000_000,
                 lockstep_rounds: 50,
-                sections: [true; 4],
+                share_records: 1_000_000,
+                share_bytes: 256 << 20,
+                sections: [true; 5],
             }
         }
     }
@@ -103,7 +113,11 @@ fn main() -> ExitCode {
     util::cpus(); // before any thread is pinned
     let mut cfg = Cfg::new(smoke);
     if let Some(o) = only {
-        cfg.sections = [1, 2, 3, 4].map(|s| o.split(',').any(|x| x.trim() == s.to_string()));
+        let names = ["", "", "", "", "share"];
+        cfg.sections = [1, 2, 3, 4, 5].map(|s| {
+            o.split(',')
+                .any(|x| x.trim() == s.to_string() || x.trim() == names[s - 1])
+        });
     }
     let mut checks = Checks::default();
     let t0 = Instant::now();
@@ -158,6 +172,9 @@ fn run(cfg: &Cfg, report: &mut Report, checks: &mut Checks) -> BResult<()> {
     }
     if cfg.sections[3] {
         section_memory(report);
+    }
+    if cfg.sections[4] {
+        section_share(cfg, report, checks);
     }
     notes(cfg, report);
     Ok(())
@@ -537,6 +554,36 @@ fn section_memory(report: &mut Report) {
         ))
         .int("vm_rss_kib", rss)
         .int("vm_hwm_kib", hwm),
+    );
+}
+
+fn section_share(cfg: &Cfg, report: &mut Report, checks: &mut Checks) {
+    const S: &str = "5 share";
+    progress("5/5 sharing daemon: table applying records, scan pipeline");
+    let frames = cfg.share_records / share::PER_FRAME;
+    let a = share::apply_records(frames, cfg.reps, checks);
+    let ok = a.rate() >= 5e6;
+    report.rows.push(
+        Row::new(S, format!("table applying invalidation records: {frames} frames × {} gfns over 4 domains, each gfn UNSHARED (HANDLE_GONE on the last), one core", share::PER_FRAME))
+            .result(format!("{}rec/s ({} records in {:.1} ms)", fmt_rate(a.rate()), a.items, a.secs * 1e3))
+            .target(format!("≥ 5 M rec/s: {}", met(ok)))
+            .num("records_per_s", a.rate())
+            .int("records", a.items)
+            .flag("target_met", ok),
+    );
+    let sc = share::scan_pipeline(cfg.share_bytes, cfg.reps, checks);
+    let gib_s = sc.run.rate() / f64::from(1u32 << 30);
+    let ok = gib_s >= 1.0;
+    report.rows.push(
+        Row::new(S, format!("scan pipeline on local memory: {} of pages ({}% zero, {}% copies of {} pages, the rest unique), zero check + xxh3 + table insert/match, one core", fmt_bytes(cfg.share_bytes), share::MIX.0, share::MIX.1, share::PATTERNS))
+            .result(format!("{gib_s:.2} GiB/s · {}pages/s · {} distinct, {} matches", fmt_rate(sc.pages as f64 / sc.run.secs), sc.new, sc.matches))
+            .target(format!("≥ 1 GiB/s: {}", met(ok)))
+            .num("gib_per_s", gib_s)
+            .num("pages_per_s", sc.pages as f64 / sc.run.secs)
+            .int("pages", sc.pages)
+            .int("distinct", sc.new)
+            .int("matches", sc.matches)
+            .flag("target_met", ok),
     );
 }
 
