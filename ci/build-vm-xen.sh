@@ -142,11 +142,21 @@ if ! { tmake -C tools/include && tmake -C tools/libs -j"$JOBS" && tmake -C tools
 fi
 log "tools: built ($(( $(date +%s) - t0 ))s)"
 
+# ci/dom0/xme-ring: raw ring operations for the scenarios, against the
+# patched libxenctrl (like test-mem-event).
+libs=$TREE/tools/libs
+gcc -O2 -Wall -Wextra -Werror -I"$TREE/tools/include" \
+    -o "$VM/xme-ring" "$ci_top/ci/dom0/xme-ring.c" \
+    -L"$libs/ctrl" -lxenctrl -L"$libs/foreignmemory" -lxenforeignmemory \
+    $(for l in "$libs"/*/; do printf -- '-Wl,-rpath-link,%s ' "$l"; done) ||
+    die "xme-ring did not build"
+
 rm -rf "$STAGE/usr/local/lib/xme/lib"
 mkdir -p "$STAGE/usr/local/lib/xme/bin" "$STAGE/usr/local/lib/xme/lib"
 install -m 0755 "$TREE/tools/xenpaging/xenpaging" "$STAGE/usr/local/lib/xme/bin/xenpaging"
 # The series' C test program (needs the patched libxenctrl, see below).
 install -m 0755 "$TREE/tools/tests/mem-event/test-mem-event" "$STAGE/usr/local/lib/xme/bin/test-mem-event"
+install -m 0755 "$VM/xme-ring" "$STAGE/usr/local/lib/xme/bin/xme-ring"
 # The libraries (symlinks kept), for tools that need the patched libxenctrl:
 # run them with LD_LIBRARY_PATH=/usr/local/lib/xme/lib.
 find "$TREE/tools/libs" -maxdepth 2 -name 'lib*.so*' \( -type f -o -type l \) \
