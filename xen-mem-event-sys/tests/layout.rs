@@ -61,18 +61,40 @@ fn ring_page_layout() {
     assert!(size_of::<P>() <= XEN_MEM_EVENT_FRAME_SIZE);
 }
 
+/// The bytes of a bindgen ABI struct (integers and explicit padding only,
+/// so every byte is initialised).
+fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
+    // SAFETY: `v` is a live `T` of `size_of::<T>()` bytes; the ABI structs
+    // passed here have no implicit padding (their sizes are the sums of
+    // their fields, checked by the layout tests), so every byte is
+    // initialised and may be read as `u8`.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+}
+
 #[test]
-fn ring_page_field_types() {
+fn ring_page_fields_land_at_their_abi_offsets() {
     let page = xen_mem_event_ring_page {
         version: XEN_MEM_EVENT_INTERFACE_VERSION,
         type_: XEN_MEM_EVENT_TYPE_SHARING_INVALIDATE,
-        flags: XEN_MEM_EVENT_RING_F_BROKEN,
-        lost: u64::MAX,
+        domid: 0xabcd,
+        flags: XEN_MEM_EVENT_RING_F_BROKEN | XEN_MEM_EVENT_RING_F_DETACHED,
+        lost: 0x0102_0304_0506_0708,
+        req_event: 0xdead_beef,
         ..Default::default()
     };
-    assert_eq!(page.lost, u64::MAX);
-    assert_eq!(page.req_prod, 0);
-    assert_eq!(xen_mem_event_ring_page::default().version, 0);
+    let b = bytes_of(&page);
+    assert_eq!(b[0..4], 2u32.to_ne_bytes());
+    assert_eq!(b[4..8], 1u32.to_ne_bytes());
+    assert_eq!(b[24..26], 0xabcdu16.to_ne_bytes());
+    assert_eq!(b[68..72], 3u32.to_ne_bytes());
+    assert_eq!(b[72..80], 0x0102_0304_0506_0708u64.to_ne_bytes());
+    assert_eq!(b[132..136], 0xdead_beefu32.to_ne_bytes());
+    let set = [0..8, 24..26, 68..80, 132..136];
+    for (i, byte) in b.iter().enumerate() {
+        if !set.iter().any(|r| r.contains(&i)) {
+            assert_eq!(*byte, 0, "byte {i} of the page is not zero");
+        }
+    }
 }
 
 #[test]
@@ -151,18 +173,19 @@ fn records_take_their_constants() {
         reason: XEN_MEM_EVENT_OOM_UNSHARE,
         _pad: 0,
     };
+    let b = bytes_of(&req);
+    assert_eq!(b[20..24], 3u32.to_ne_bytes(), "flags");
+    assert_eq!(b[24..26], 1u16.to_ne_bytes(), "domid");
+    assert_eq!(b[26..28], 1u16.to_ne_bytes(), "reason");
     let rsp = xen_mem_event_sync_rsp {
-        id: req.id,
-        vcpu_id: req.vcpu_id,
+        id: 0x1_0002,
+        vcpu_id: 2,
         ..Default::default()
     };
-    assert_eq!(
-        rsp,
-        xen_mem_event_sync_rsp {
-            id: 1,
-            ..Default::default()
-        }
-    );
+    let b = bytes_of(&rsp);
+    assert_eq!(b[0..8], 0x1_0002u64.to_ne_bytes());
+    assert_eq!(b[8..12], 2u32.to_ne_bytes());
+    assert!(b[12..].iter().all(|&x| x == 0));
     let reasons = [
         XEN_MEM_EVENT_INVALIDATE_MERGED,
         XEN_MEM_EVENT_INVALIDATE_UNSHARED,
@@ -173,7 +196,9 @@ fn records_take_their_constants() {
         flags: XEN_MEM_EVENT_INVALIDATE_F_HANDLE_GONE,
         ..Default::default()
     };
-    assert_eq!(rec.flags, 1);
+    let b = bytes_of(&rec);
+    assert_eq!(b[26..28], 1u16.to_ne_bytes(), "reason");
+    assert_eq!(b[28..32], 1u32.to_ne_bytes(), "flags");
 }
 
 #[test]
@@ -212,11 +237,21 @@ fn domctl_mem_event_ring_field_types() {
         state: XEN_MEM_EVENT_STATE_CONNECTED
             | XEN_MEM_EVENT_STATE_BROKEN
             | XEN_MEM_EVENT_STATE_CONSUMER_GONE,
-        consumer: 0 as domid_t,
+        consumer: 0x1234 as domid_t,
         port: 7 as evtchn_port_t,
+        parked_vcpus: 5,
+        token: 0x0102_0304_0506_0708,
         ..Default::default()
     };
-    assert_eq!(op.state, 7);
+    let b = bytes_of(&op);
+    assert_eq!(b[0..4], 1u32.to_ne_bytes(), "op");
+    assert_eq!(b[8..12], 1u32.to_ne_bytes(), "flags");
+    assert_eq!(b[12..16], 64u32.to_ne_bytes(), "nr_frames");
+    assert_eq!(b[20..24], 7u32.to_ne_bytes(), "port");
+    assert_eq!(b[28..30], 0x1234u16.to_ne_bytes(), "consumer");
+    assert_eq!(b[30..32], 7u16.to_ne_bytes(), "state");
+    assert_eq!(b[36..40], 5u32.to_ne_bytes(), "parked_vcpus");
+    assert_eq!(b[40..48], 0x0102_0304_0506_0708u64.to_ne_bytes(), "token");
     assert_eq!(
         [
             XEN_MEM_EVENT_RING_REGISTER,
