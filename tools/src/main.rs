@@ -7,25 +7,29 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use xen_mem_event::domain::Domains;
-use xen_mem_event::{AsyncRing, Backend, Error, EventType, Ring, SyncRing, XenBackend};
+use xen_mem_event::{
+    AsyncRing, Backend, Error, EventType, RegisterParams, Ring, SyncRing, Teardown, Token,
+    XenBackend,
+};
 use xen_mem_event_tools::output::{Format, Out};
 use xen_mem_event_tools::pager::{
     self, CommandPolicy, MaxMemStep, MemControl, OnFailure, PagerOpts, Policy,
 };
 use xen_mem_event_tools::stop::Stop;
-use xen_mem_event_tools::{status, watch, ToolError};
+use xen_mem_event_tools::{secs, status, watch, ToolError};
 
 const EXAMPLES: &str = "\
 Examples:
   xen-mem-event status                      rings of every domain
   xen-mem-event status --domain guest1 --json
   xen-mem-event pager --domain 3 --step 4096 --limit 262144
-  xen-mem-event pager --domain 3 --exec /usr/local/sbin/free-memory
+  xen-mem-event pager --domain 3 --exec /usr/local/sbin/free-memory -- --quiet
   xen-mem-event watch --domain 3 --batch 256 --write-handles /run/stale-handles
-  xen-mem-event unregister --domain 3 --type oom     (recovery)
+  xen-mem-event unregister --domain 3 --type oom     (recovery: takes over first)
+  xen-mem-event unregister --domain 3 --type oom --token 42
   xen-mem-event register --domain 3 --type invalidate --takeover";
 
 /// Per-event-type memory event rings of Xen, from dom0.
@@ -76,26 +80,36 @@ enum Cmd {
     ///
     /// With --takeover, replace a consumer that is still registered (e.g.
     /// a process that died): the vCPUs it paused are released and their
-    /// faults raised again on the new ring.
+    /// faults raised again on the new ring.  Prints the owner token, which
+    /// `unregister --token` takes.
     Register {
         #[command(flatten)]
         target: Target,
         /// Data frames per array (power of two, 1-64).
         #[arg(long, default_value_t = 1)]
         frames: u32,
-        /// Async rings: records per notification.
-        #[arg(long, default_value_t = 0)]
-        batch: u32,
+        /// Records per notification (invalidate rings only).
+        #[arg(long)]
+        batch: Option<u32>,
         /// Take the ring over from its current consumer.
         #[arg(long)]
         takeover: bool,
     },
     /// Tear a ring down, whoever its consumer (recovery).
     ///
-    /// Every vCPU the ring paused is released.
+    /// Every vCPU the ring paused is released.  With --token (as printed
+    /// by `register`), only that registration is unregistered: if the ring
+    /// has since been taken over, nothing is done and the command fails.
+    /// Without --token, the ring is first taken over explicitly (its
+    /// current consumer, if alive, notices that it was taken over), then
+    /// unregistered with the fresh token.
     Unregister {
         #[command(flatten)]
         target: Target,
+        /// The owner token of the registration to unregister (from
+        /// `register`).
+        #[arg(long)]
+        token: Option<Token>,
     },
 }
 
@@ -138,9 +152,14 @@ struct PagerArgs {
     #[arg(long, conflicts_with = "exec")]
     limit: Option<u64>,
     /// Instead, run this command per event (XME_DOMID, XME_VCPU, XME_GFN
-    /// and XME_ID in its environment); answer when it succeeds.
-    #[arg(long, num_args = 1.., value_name = "CMD")]
-    exec: Option<Vec<String>>,
+    /// and XME_ID in its environment); answer when it succeeds.  Its
+    /// arguments follow `--`: `--exec CMD -- ARG...` (they may begin with
+    /// a dash).
+    #[arg(long, value_name = "CMD")]
+    exec: Option<String>,
+    /// Arguments of the --exec command (after `--`).
+    #[arg(last = true, value_name = "ARG", requires = "exec")]
+    exec_args: Vec<String>,
     /// When memory cannot be freed: keep retrying (the vCPU stays paused),
     /// answer anyway, or crash the domain.
     #[arg(long, value_enum, default_value_t = FailureArg::Retry)]
@@ -177,18 +196,19 @@ struct WatchArgs {
     /// Print every record instead of a summary per interval.
     #[arg(long)]
     records: bool,
-    /// Seconds between summary lines.
-    #[arg(long, default_value_t = 1.0)]
-    interval: f64,
-    /// Write the handles seen invalidated to this file at exit.
+    /// Seconds between summary lines (and --write-handles updates).
+    #[arg(long, default_value = "1", value_parser = secs)]
+    interval: Duration,
+    /// Keep the handles seen invalidated in this file: rewritten
+    /// atomically every interval and at exit.
     #[arg(long, value_name = "FILE")]
     write_handles: Option<PathBuf>,
     /// Exit after this many records.
     #[arg(long, default_value_t = 0)]
     count: u64,
     /// Exit after this many seconds without records.
-    #[arg(long)]
-    idle_exit: Option<f64>,
+    #[arg(long, value_parser = secs)]
+    idle_exit: Option<Duration>,
     /// Take the ring over from a consumer that is still registered.
     #[arg(long)]
     takeover: bool,
@@ -198,13 +218,18 @@ struct WatchArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse().and_then(validate) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    // Library warnings (a failed unregister, a failed final kick) go to
+    // stderr; RUST_LOG chooses more.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .target(env_logger::Target::Stderr)
+        .init();
     match try_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -212,6 +237,24 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Usage errors clap cannot express.
+fn validate(cli: Cli) -> Result<Cli, clap::Error> {
+    if let Cmd::Register {
+        target,
+        batch: Some(_),
+        ..
+    } = &cli.cmd
+    {
+        if matches!(target.ty, TypeArg::Oom) {
+            return Err(Cli::command().error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--batch applies to invalidate rings only, not --type oom",
+            ));
+        }
+    }
+    Ok(cli)
 }
 
 fn try_main(cli: Cli) -> Result<(), ToolError> {
@@ -236,7 +279,7 @@ fn try_main(cli: Cli) -> Result<(), ToolError> {
             let ty = EventType::from(target.ty);
             let ring = Ring::builder(&xen, domid, ty)
                 .frames(frames)
-                .batch(batch)
+                .batch(batch.unwrap_or(0))
                 .takeover(takeover)
                 .register()?;
             let reg = ring.registration();
@@ -244,20 +287,45 @@ fn try_main(cli: Cli) -> Result<(), ToolError> {
             // so the next registration takes the ring over by itself.
             std::mem::forget(ring);
             out.emit(
-                &format!("d{domid} {ty}: registered, port {} frames {} slots {}", reg.port, reg.nr_frames, reg.nr_slots),
+                &format!(
+                    "d{domid} {ty}: registered, port {} frames {} slots {} token {}",
+                    reg.port, reg.nr_frames, reg.nr_slots, reg.token
+                ),
                 json!({"kind": "registered", "domid": domid, "type": ty.to_string(), "port": reg.port,
-                       "frames": reg.nr_frames, "slots": reg.nr_slots}),
+                       "frames": reg.nr_frames, "slots": reg.nr_slots, "token": reg.token.get()}),
             )?;
             Ok(())
         }
-        Cmd::Unregister { target } => {
+        Cmd::Unregister { target, token } => {
             let xen = XenBackend::open()?;
             let domid = resolve(&target.domain)?;
             let ty = EventType::from(target.ty);
-            xen.unregister(domid, ty)?;
+            let (token, took_over) = match token {
+                Some(t) => (t, false),
+                None => {
+                    // Not ours: make it ours first (an explicit takeover),
+                    // then unregister with the fresh token.  A ring that
+                    // does not exist is reported as such, not created.
+                    xen.get_info(domid, ty)?;
+                    let reg = xen.register(
+                        domid,
+                        ty,
+                        RegisterParams {
+                            frames: 1,
+                            batch: 0,
+                            takeover: true,
+                        },
+                    )?;
+                    (reg.token, true)
+                }
+            };
+            xen.unregister(domid, ty, token)?;
             out.emit(
-                &format!("d{domid} {ty}: unregistered"),
-                json!({"kind": "unregistered", "domid": domid, "type": ty.to_string()}),
+                &format!(
+                    "d{domid} {ty}: unregistered{}",
+                    if took_over { " (taken over first)" } else { "" }
+                ),
+                json!({"kind": "unregistered", "domid": domid, "type": ty.to_string(), "took_over": took_over}),
             )?;
             Ok(())
         }
@@ -313,7 +381,9 @@ fn cmd_pager<W: io::Write>(a: PagerArgs, out: &mut Out<W>) -> Result<(), ToolErr
     let domid = resolve(&a.domain)?;
     let mem = XenMem(Domains::open()?);
     let mut policy: Box<dyn Policy> = match a.exec {
-        Some(argv) => Box::new(CommandPolicy::new(argv)),
+        Some(prog) => Box::new(CommandPolicy::new(
+            std::iter::once(prog).chain(a.exec_args).collect(),
+        )),
         None => {
             let start = mem.max_mem_kib(domid).map_err(ToolError::Other)?;
             let limit = a.limit.unwrap_or(start + 256 * 1024);
@@ -339,13 +409,8 @@ fn cmd_pager<W: io::Write>(a: PagerArgs, out: &mut Out<W>) -> Result<(), ToolErr
         ..PagerOpts::default()
     };
     let (ended, s) = pager::run(&mut ring, policy.as_mut(), &mem, &opts, &stop, out)?;
-    drop(ring);
-    let why = match ended {
-        pager::Ended::Stopped => "stopped",
-        pager::Ended::Done => "done",
-        pager::Ended::DomainGone => "domain destroyed",
-        pager::Ended::Crashed => "domain crashed",
-    };
+    let teardown = ring.close();
+    let why = ended.as_str();
     out.emit(
         &format!(
             "d{domid} pager {why}: {} events, {} answered, {} foreign, {} policy failures, {} answered without memory, {} released at exit, longest pause {:.1} ms",
@@ -355,11 +420,25 @@ fn cmd_pager<W: io::Write>(a: PagerArgs, out: &mut Out<W>) -> Result<(), ToolErr
                "foreign": s.foreign, "failures": s.failures, "resumed": s.resumed,
                "released_at_exit": s.released_at_exit, "max_pause_ms": s.max_wait.as_secs_f64() * 1e3}),
     )?;
-    Ok(())
+    if let pager::Ended::Detached(d) = ended {
+        return Err(ToolError::Other(d.to_string()));
+    }
+    teardown_result(&teardown)
+}
+
+/// A teardown that logged warnings (a failed unregister, a failed final
+/// kick) fails the tool.
+fn teardown_result(t: &Teardown) -> Result<(), ToolError> {
+    match t.warnings.len() {
+        0 => Ok(()),
+        n => Err(ToolError::Other(format!(
+            "{n} failure(s) while detaching from the ring (see the warnings above)"
+        ))),
+    }
 }
 
 fn cmd_watch<W: io::Write>(a: WatchArgs, out: &mut Out<W>) -> Result<(), ToolError> {
-    if !(a.interval > 0.0 && a.interval.is_finite()) {
+    if a.interval.is_zero() {
         return Err(ToolError::Other(
             "--interval must be a positive number of seconds".into(),
         ));
@@ -372,32 +451,24 @@ fn cmd_watch<W: io::Write>(a: WatchArgs, out: &mut Out<W>) -> Result<(), ToolErr
         .batch(a.batch)
         .takeover(a.takeover)
         .register()?;
-    out.note(&format!(
-        "d{domid} SHARING_INVALIDATE: attached ({} slots, batch {}); Ctrl-C to detach",
-        ring.ring().nr_slots(),
-        a.batch
-    ))?;
     let opts = watch::WatchOpts {
         batch: a.batch,
         records: a.records,
-        interval: Duration::from_secs_f64(a.interval),
+        interval: a.interval,
         max_records: a.count,
-        idle_exit: a
-            .idle_exit
-            .map_or(Duration::ZERO, |s| Duration::from_secs_f64(s.max(0.0))),
+        idle_exit: a.idle_exit.unwrap_or(Duration::ZERO),
         slow: a.slow,
+        write_handles: a.write_handles,
     };
     let (ended, s) = watch::run(&mut ring, &opts, &stop, out)?;
-    let info = ring.ring().info().ok();
-    drop(ring);
-    if let Some(path) = &a.write_handles {
-        watch::write_handles(path, &s)?;
-    }
-    let why = match ended {
-        watch::Ended::Stopped => "stopped",
-        watch::Ended::Done => "done",
-        watch::Ended::DomainGone => "domain destroyed",
+    // Once detached, GET_INFO describes someone else's ring (or none).
+    let info = if ring.ring().is_detached() {
+        None
+    } else {
+        ring.ring().info().ok()
     };
+    let teardown = ring.close();
+    let why = ended.as_str();
     let (produced, lost_xen) = info.map_or((0, 0), |i| (i.produced, i.lost));
     out.emit(
         &format!(
@@ -408,7 +479,10 @@ fn cmd_watch<W: io::Write>(a: WatchArgs, out: &mut Out<W>) -> Result<(), ToolErr
                "max_batch": s.max_batch, "lost": s.lost, "handles_gone": s.handles_gone.len(),
                "xen_produced": produced, "xen_lost": lost_xen}),
     )?;
-    Ok(())
+    if let watch::Ended::Detached(d) = ended {
+        return Err(ToolError::Other(d.to_string()));
+    }
+    teardown_result(&teardown)
 }
 
 /// A domain id, or a name looked up with `xl domid`.

@@ -2,6 +2,9 @@
 
 use std::io::{self, Write};
 
+use std::fmt::Display;
+
+use serde::Serialize;
 use serde_json::Value;
 
 /// How a tool prints.
@@ -37,6 +40,19 @@ impl<W: Write> Out<W> {
         match self.format {
             Format::Human => writeln!(self.w, "{human}")?,
             Format::Json => writeln!(self.w, "{json}")?,
+        }
+        self.w.flush()
+    }
+
+    /// One event modelled once: its `Display` for people, its serde form
+    /// (an object with a `"kind"` tag) for machines.
+    pub fn event<E: Serialize + Display>(&mut self, e: &E) -> io::Result<()> {
+        match self.format {
+            Format::Human => writeln!(self.w, "{e}")?,
+            Format::Json => {
+                serde_json::to_writer(&mut self.w, e)?;
+                writeln!(self.w)?;
+            }
         }
         self.w.flush()
     }

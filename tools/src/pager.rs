@@ -11,6 +11,7 @@ use xen_mem_event::{Backend, Error, SyncRequest, SyncRing};
 
 use crate::ToolError;
 
+use crate::detach::{self, Detached};
 use crate::output::Out;
 use crate::stop::Stop;
 
@@ -148,6 +149,31 @@ pub enum Ended {
     DomainGone,
     /// `--on-failure crash` crashed the domain.
     Crashed,
+    /// Someone else took the ring away (taken over or unregistered).
+    Detached(Detached),
+}
+
+impl Ended {
+    /// The `ended` field of the summary.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Ended::Stopped => "stopped",
+            Ended::Done => "done",
+            Ended::DomainGone => "domain destroyed",
+            Ended::Crashed => "domain crashed",
+            Ended::Detached(d) => d.ended(),
+        }
+    }
+}
+
+impl From<Detached> for Ended {
+    fn from(d: Detached) -> Ended {
+        if d.is_failure() {
+            Ended::Detached(d)
+        } else {
+            Ended::DomainGone
+        }
+    }
 }
 
 /// What the pager did.
@@ -184,17 +210,51 @@ pub fn run<B: Backend, W: Write>(
     stop: &Stop,
     out: &mut Out<W>,
 ) -> Result<(Ended, Summary), ToolError> {
-    let domid = ring.ring().domid();
     let mut sum = Summary::default();
+    let ended = match serve(ring, policy, mem, opts, stop, out, &mut sum) {
+        Ok(ended) => ended,
+        Err(e) => {
+            let d = detach::after_error(ring.ring(), e)?;
+            out.event(&d)?;
+            d.into()
+        }
+    };
+
+    // Detach: release every vCPU still waiting on us.
+    if matches!(ended, Ended::Stopped | Ended::Done) {
+        let pending: Vec<SyncRequest> = ring.pending().map(|p| p.request).collect();
+        for req in pending {
+            answer(ring, &req)?;
+            sum.released_at_exit += 1;
+        }
+        ring.flush()?;
+    }
+    Ok((ended, sum))
+}
+
+fn serve<B: Backend, W: Write>(
+    ring: &mut SyncRing<B>,
+    policy: &mut dyn Policy,
+    mem: &dyn MemControl,
+    opts: &PagerOpts,
+    stop: &Stop,
+    out: &mut Out<W>,
+    sum: &mut Summary,
+) -> Result<Ended, ToolError> {
+    let domid = ring.ring().domid();
     let mut retry: HashMap<u32, Retry> = HashMap::new();
     let mut last_check = Instant::now();
 
-    let ended = loop {
+    loop {
         if stop.requested() {
-            break Ended::Stopped;
+            return Ok(Ended::Stopped);
+        }
+        if let Some(d) = detach::check(ring.ring()) {
+            out.event(&d)?;
+            return Ok(d.into());
         }
         if opts.max_events != 0 && sum.answered + sum.resumed >= opts.max_events {
-            break Ended::Done;
+            return Ok(Ended::Done);
         }
         // Sleep until an event, the next retry, or the poll interval.
         let now = Instant::now();
@@ -323,7 +383,7 @@ pub fn run<B: Backend, W: Write>(
                             )
                             ?;
                             ring.flush()?;
-                            return Ok((Ended::Crashed, sum));
+                            return Ok(Ended::Crashed);
                         }
                     }
                 }
@@ -331,27 +391,17 @@ pub fn run<B: Backend, W: Write>(
         }
         ring.flush()?;
 
-        // Notice the domain going away (GET_INFO fails once it is dying).
+        // Notice the domain going away (GET_INFO fails once it is dying),
+        // should Xen not have detached the ring.
         if last_check.elapsed() >= Duration::from_secs(1) {
             last_check = Instant::now();
             match ring.ring().info() {
-                Err(Error::NoSuchDomain { .. }) => break Ended::DomainGone,
+                Err(Error::NoSuchDomain { .. }) => return Ok(Ended::DomainGone),
                 Err(e) => return Err(e.into()),
                 Ok(_) => {}
             }
         }
-    };
-
-    // Detach: release every vCPU still waiting on us.
-    if ended != Ended::DomainGone {
-        let pending: Vec<SyncRequest> = ring.pending().map(|p| p.request).collect();
-        for req in pending {
-            answer(ring, &req)?;
-            sum.released_at_exit += 1;
-        }
-        ring.flush()?;
     }
-    Ok((ended, sum))
 }
 
 fn answer<B: Backend>(ring: &mut SyncRing<B>, req: &SyncRequest) -> Result<Duration, Error> {

@@ -61,7 +61,7 @@ fn state(info: &RingInfo) -> String {
 pub fn table(rows: &[Row]) -> String {
     let header = [
         "DOMID", "TYPE", "CONSUMER", "FRAMES", "SLOTS", "PRODUCED", "CONSUMED", "LOST", "BAD-RSP",
-        "NOTIFY", "PAUSED", "STATE",
+        "NOTIFY", "PAUSED", "PARKED", "STATE",
     ];
     let body: Vec<Vec<String>> = rows
         .iter()
@@ -78,6 +78,7 @@ pub fn table(rows: &[Row]) -> String {
                 r.info.bad_responses.to_string(),
                 r.info.notifications.to_string(),
                 r.info.paused_vcpus.to_string(),
+                r.info.parked_vcpus.to_string(),
                 state(&r.info),
             ]
         })
@@ -92,7 +93,7 @@ pub fn json(r: &Row) -> Value {
         "frames": r.info.nr_frames, "slots": r.info.nr_slots, "batch": r.info.batch, "port": r.info.port,
         "produced": r.info.produced, "consumed": r.info.consumed, "lost": r.info.lost,
         "bad_responses": r.info.bad_responses, "notifications": r.info.notifications,
-        "paused_vcpus": r.info.paused_vcpus, "connected": r.info.state.connected(),
+        "paused_vcpus": r.info.paused_vcpus, "parked_vcpus": r.info.parked_vcpus, "connected": r.info.state.connected(),
         "broken": r.info.state.broken(), "consumer_gone": r.info.state.consumer_gone(),
     })
 }

@@ -3,12 +3,16 @@
 //! the records lost, and keeps the set of handles seen invalidated.
 
 use std::collections::BTreeSet;
+use std::fmt;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
 use serde_json::json;
-use xen_mem_event::{AsyncRing, Backend, Error, InvalidateRecord};
+use xen_mem_event::{AsyncRing, Backend, Error, InvalidateReason, InvalidateRecord};
 
+use crate::detach::{self, Detached};
 use crate::output::Out;
 use crate::stop::Stop;
 use crate::ToolError;
@@ -29,6 +33,9 @@ pub struct WatchOpts {
     /// Consume at most this many records per second (a deliberately slow
     /// consumer, to see loss accounting at work).
     pub slow: Option<u64>,
+    /// Keep the handles seen gone in this file: rewritten (atomically)
+    /// every interval and at exit.
+    pub write_handles: Option<PathBuf>,
 }
 
 impl Default for WatchOpts {
@@ -40,6 +47,7 @@ impl Default for WatchOpts {
             max_records: 0,
             idle_exit: Duration::ZERO,
             slow: None,
+            write_handles: None,
         }
     }
 }
@@ -53,6 +61,30 @@ pub enum Ended {
     Done,
     /// The domain went away.
     DomainGone,
+    /// Someone else took the ring away (taken over or unregistered).
+    Detached(Detached),
+}
+
+impl Ended {
+    /// The `ended` field of the summary.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Ended::Stopped => "stopped",
+            Ended::Done => "done",
+            Ended::DomainGone => "domain destroyed",
+            Ended::Detached(d) => d.ended(),
+        }
+    }
+}
+
+impl From<Detached> for Ended {
+    fn from(d: Detached) -> Ended {
+        if d.is_failure() {
+            Ended::Detached(d)
+        } else {
+            Ended::DomainGone
+        }
+    }
 }
 
 /// What the watcher saw.
@@ -79,16 +111,49 @@ pub fn run<B: Backend, W: Write>(
     stop: &Stop,
     out: &mut Out<W>,
 ) -> Result<(Ended, Summary), ToolError> {
-    ring.set_batch(opts.batch)?;
     let mut sum = Summary::default();
+    let result = serve(ring, opts, stop, out, &mut sum);
+    let ended = match result {
+        Ok(ended) => ended,
+        Err(e) => {
+            let d = detach::after_error(ring.ring(), e)?;
+            out.event(&d)?;
+            d.into()
+        }
+    };
+    if let Some(path) = &opts.write_handles {
+        write_handles(path, &sum)?;
+    }
+    Ok((ended, sum))
+}
+
+fn serve<B: Backend, W: Write>(
+    ring: &mut AsyncRing<B>,
+    opts: &WatchOpts,
+    stop: &Stop,
+    out: &mut Out<W>,
+    sum: &mut Summary,
+) -> Result<Ended, ToolError> {
+    ring.set_batch(opts.batch)?;
+    let domid = ring.ring().domid();
+    out.note(&format!(
+        "d{domid} SHARING_INVALIDATE: attached ({} slots, batch {}); Ctrl-C to detach",
+        ring.ring().nr_slots(),
+        ring.batch_size()
+    ))?;
     let mut interval = Interval::new();
     let mut last_record = Instant::now();
     let mut last_check = Instant::now();
+    let mut last_write = Instant::now();
     let tick = opts.interval.min(Duration::from_millis(200));
 
     let ended = loop {
         if stop.requested() {
             break Ended::Stopped;
+        }
+        if let Some(d) = detach::check(ring.ring()) {
+            out.event(&d)?;
+            break d.into();
         }
         let mut got = Vec::new();
         let lost;
@@ -121,15 +186,21 @@ pub fn run<B: Backend, W: Write>(
                 sum.handles_gone.insert(rec.handle);
             }
             if opts.records {
-                emit_record(out, rec)?;
+                out.event(&Invalidated::from(rec))?;
             }
         }
         if let Some(rate) = opts.slow.filter(|r| *r > 0) {
             std::thread::sleep(Duration::from_secs_f64(got.len() as f64 / rate as f64));
         }
         if !opts.records && interval.start.elapsed() >= opts.interval {
-            interval.emit(out, &sum)?;
+            interval.emit(out, sum)?;
             interval = Interval::new();
+        }
+        if let Some(path) = &opts.write_handles {
+            if last_write.elapsed() >= opts.interval {
+                write_handles(path, sum)?;
+                last_write = Instant::now();
+            }
         }
         if opts.max_records != 0 && sum.records >= opts.max_records {
             break Ended::Done;
@@ -147,26 +218,91 @@ pub fn run<B: Backend, W: Write>(
         }
     };
     if !opts.records && interval.records + interval.lost > 0 {
-        interval.emit(out, &sum)?;
+        interval.emit(out, sum)?;
     }
-    Ok((ended, sum))
+    Ok(ended)
 }
 
-fn emit_record<W: Write>(out: &mut Out<W>, rec: &InvalidateRecord) -> Result<(), ToolError> {
-    let reason = format!("{:?}", rec.reason).to_lowercase();
-    out.emit(
-        &format!(
-            "seq {} d{} gfn {:#x} handle {:#x}: {reason}{}",
-            rec.seq,
-            rec.domid,
-            rec.gfn,
-            rec.handle,
-            if rec.handle_gone { ", handle gone" } else { "" }
-        ),
-        json!({"kind": "invalidate", "seq": rec.seq, "domid": rec.domid, "gfn": rec.gfn,
-               "handle": rec.handle, "reason": reason, "handle_gone": rec.handle_gone}),
-    )?;
-    Ok(())
+/// Why `<domid, gfn>` was invalidated, as the JSON output spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// `XEN_MEM_EVENT_INVALIDATE_MERGED`.
+    Merged,
+    /// `XEN_MEM_EVENT_INVALIDATE_UNSHARED`.
+    Unshared,
+    /// A reason this tool does not know (the raw value).
+    Other(u16),
+}
+
+impl From<InvalidateReason> for Reason {
+    fn from(r: InvalidateReason) -> Reason {
+        match r {
+            InvalidateReason::Merged => Reason::Merged,
+            InvalidateReason::Unshared => Reason::Unshared,
+            other => Reason::Other(other.raw()),
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Merged => f.write_str("merged"),
+            Reason::Unshared => f.write_str("unshared"),
+            Reason::Other(raw) => write!(f, "reason {raw}"),
+        }
+    }
+}
+
+/// One invalidation record (`--records`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename = "invalidate")]
+pub struct Invalidated {
+    /// Records Xen attempted before this one.
+    pub seq: u64,
+    /// The domain of the gfn.
+    pub domid: u16,
+    /// The gfn.
+    pub gfn: u64,
+    /// The sharing handle.
+    pub handle: u64,
+    /// Why.
+    pub reason: Reason,
+    /// The handle itself is gone.
+    pub handle_gone: bool,
+}
+
+impl From<&InvalidateRecord> for Invalidated {
+    fn from(r: &InvalidateRecord) -> Invalidated {
+        Invalidated {
+            seq: r.seq,
+            domid: r.domid,
+            gfn: r.gfn,
+            handle: r.handle,
+            reason: r.reason.into(),
+            handle_gone: r.handle_gone,
+        }
+    }
+}
+
+impl fmt::Display for Invalidated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "seq {} d{} gfn {:#x} handle {:#x}: {}{}",
+            self.seq,
+            self.domid,
+            self.gfn,
+            self.handle,
+            self.reason,
+            if self.handle_gone {
+                ", handle gone"
+            } else {
+                ""
+            }
+        )
+    }
 }
 
 struct Interval {
@@ -212,11 +348,24 @@ impl Interval {
     }
 }
 
-/// Write the handles seen gone, one hex number a line.
-pub fn write_handles(path: &std::path::Path, sum: &Summary) -> std::io::Result<()> {
+/// Write the handles seen gone, one hex number a line, atomically: to a
+/// temporary file in the same directory, then renamed over `path`, so a
+/// reader never sees a partial list.
+pub fn write_handles(path: &Path, sum: &Summary) -> std::io::Result<()> {
     let mut s = String::new();
     for h in &sum.handles_gone {
         s.push_str(&format!("{h:#x}\n"));
     }
-    std::fs::write(path, s)
+    let name = path.file_name().map_or_else(
+        || std::ffi::OsString::from("handles"),
+        std::ffi::OsStr::to_os_string,
+    );
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(&name);
+    tmp_name.push(format!(".tmp{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    std::fs::write(&tmp, s)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use xen_mem_event::{AsyncRing, Backend, EventType, SyncRequest, SyncRing};
 use xen_mem_event_harness::HarnessBackend;
+use xen_mem_event_tools::detach::Cause;
 use xen_mem_event_tools::output::{Format, Out};
 use xen_mem_event_tools::pager::{
     self, Ended, MaxMemStep, MemControl, OnFailure, PagerOpts, Policy,
@@ -60,6 +61,7 @@ fn opts() -> PagerOpts {
 
 #[test]
 fn pager_frees_memory_then_answers_each_event() {
+    let t0 = Instant::now();
     let xen = HarnessBackend::new();
     xen.add_domain(DOM, 4);
     let mut ring = SyncRing::register(Arc::clone(&xen), DOM, 1).unwrap();
@@ -100,7 +102,13 @@ fn pager_frees_memory_then_answers_each_event() {
         assert!(e["vcpu"].as_u64().unwrap() < 4);
         assert!(e["gfn"].as_u64().unwrap() >= 0x1000);
         assert!(e["id"].as_u64().unwrap() > 0);
-        assert!(e["paused_ms"].as_f64().unwrap() >= 0.0);
+        // Paused from when the pager took the request to the answer: within
+        // this test's own lifetime.
+        let paused = e["paused_ms"].as_f64().unwrap();
+        assert!(
+            paused.is_finite() && paused <= t0.elapsed().as_secs_f64() * 1e3,
+            "paused_ms {paused}"
+        );
         assert!(e["action"].as_str().unwrap().starts_with("maxmem "));
         assert_eq!(e["answered"], true);
     }
@@ -398,4 +406,176 @@ fn status_rows_and_json() {
         status::collect(&*xen, &[99]).is_err(),
         "a missing domain asked for alone is an error"
     );
+}
+
+/// Stops the loop after `after` if the condition under test never ends it
+/// (so that a missing fix fails the test instead of hanging it).
+fn watchdog(stop: &Stop, after: Duration) {
+    let stop = stop.clone();
+    thread::spawn(move || {
+        thread::sleep(after);
+        stop.request();
+    });
+}
+
+#[test]
+fn pager_notices_a_takeover_and_says_so() {
+    let xen = HarnessBackend::new();
+    xen.add_domain(DOM, 2);
+    let mut ring = SyncRing::register(Arc::clone(&xen), DOM, 1).unwrap();
+    let taker = {
+        let xen = Arc::clone(&xen);
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(50));
+            SyncRing::builder(xen, DOM)
+                .takeover(true)
+                .register()
+                .unwrap()
+        })
+    };
+    let stop = Stop::new();
+    watchdog(&stop, Duration::from_secs(10));
+    let mem = FakeMem::default();
+    let mut policy = MaxMemStep::new(&mem, 1024, 1 << 20);
+    let mut out = Out::new(Vec::new(), Format::Json);
+    let (ended, _) = pager::run(&mut ring, &mut policy, &&mem, &opts(), &stop, &mut out).unwrap();
+    let new = taker.join().unwrap();
+    match ended {
+        Ended::Detached(d) => assert_eq!(d.cause, Cause::TakenOver),
+        other => panic!("ended {other:?}"),
+    }
+    assert_eq!(ended.as_str(), "taken over");
+    let events = lines(&out.into_inner());
+    let det: Vec<&Value> = events.iter().filter(|e| e["kind"] == "detached").collect();
+    assert_eq!(det.len(), 1, "{events:?}");
+    assert_eq!(det[0]["cause"], "taken_over");
+    assert_eq!(det[0]["type"], "SHARING_OOM");
+    // The old consumer's teardown leaves the new ring alone.
+    let t = ring.close();
+    assert!(!t.unregistered && t.is_clean(), "{t:?}");
+    assert!(xen.get_info(DOM, EventType::SharingOom).is_ok());
+    drop(new);
+}
+
+#[test]
+fn watcher_notices_an_unregister_and_a_dying_domain() {
+    for destroy in [false, true] {
+        let xen = HarnessBackend::new();
+        xen.add_domain(DOM, 1);
+        let mut ring = AsyncRing::builder(Arc::clone(&xen), DOM)
+            .register()
+            .unwrap();
+        let token = ring.ring().token();
+        {
+            let xen = Arc::clone(&xen);
+            thread::spawn(move || {
+                thread::sleep(Duration::from_millis(50));
+                if destroy {
+                    xen.destroy_domain(DOM);
+                } else {
+                    xen.unregister(DOM, EventType::SharingInvalidate, token)
+                        .unwrap();
+                }
+            });
+        }
+        let stop = Stop::new();
+        watchdog(&stop, Duration::from_secs(10));
+        let mut out = Out::new(Vec::new(), Format::Human);
+        let o = watch::WatchOpts {
+            interval: Duration::from_millis(20),
+            ..watch::WatchOpts::default()
+        };
+        let (ended, _) = watch::run(&mut ring, &o, &stop, &mut out).unwrap();
+        let text = String::from_utf8(out.into_inner()).unwrap();
+        if destroy {
+            assert_eq!(ended, watch::Ended::DomainGone);
+            assert!(text.contains("domain destroyed; detached"), "{text}");
+        } else {
+            assert!(
+                matches!(ended, watch::Ended::Detached(d) if d.cause == Cause::Unregistered),
+                "{ended:?}"
+            );
+            assert!(text.contains("unregistered by someone else"), "{text}");
+        }
+    }
+}
+
+#[test]
+fn watcher_writes_handles_every_interval_atomically() {
+    let dir = std::env::temp_dir().join(format!("xme-handles-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("handles");
+    let _ = std::fs::remove_file(&path);
+    let xen = HarnessBackend::new();
+    xen.add_domain(DOM, 1);
+    let mut ring = AsyncRing::builder(Arc::clone(&xen), DOM)
+        .batch(1)
+        .register()
+        .unwrap();
+    let hv = xen.ring(DOM, EventType::SharingInvalidate).unwrap();
+    hv.put_invalidate(0xabc, 1, DOM, 1, 1);
+    let stop = Stop::new();
+    // Stop once the file shows the handle, while the watcher still runs.
+    let seen = {
+        let stop = stop.clone();
+        let path = path.clone();
+        thread::spawn(move || {
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(10) {
+                if std::fs::read_to_string(&path).is_ok_and(|s| s == "0xabc\n") {
+                    stop.request();
+                    return true;
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+            stop.request();
+            false
+        })
+    };
+    let o = watch::WatchOpts {
+        batch: 1,
+        interval: Duration::from_millis(20),
+        write_handles: Some(path.clone()),
+        ..watch::WatchOpts::default()
+    };
+    let mut out = Out::new(Vec::new(), Format::Json);
+    let (ended, _) = watch::run(&mut ring, &o, &stop, &mut out).unwrap();
+    assert!(
+        seen.join().unwrap(),
+        "the file was not written while running"
+    );
+    assert_eq!(ended, watch::Ended::Stopped);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "0xabc\n");
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert_eq!(left.len(), 1, "no temporary file left behind");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn watcher_start_line_shows_the_batch_in_force() {
+    let xen = HarnessBackend::new();
+    xen.add_domain(DOM, 1);
+    let mut ring = AsyncRing::builder(Arc::clone(&xen), DOM)
+        .frames(1)
+        .batch(100_000)
+        .register()
+        .unwrap();
+    let stop = Stop::new();
+    stop.request();
+    let o = watch::WatchOpts {
+        batch: 100_000,
+        ..watch::WatchOpts::default()
+    };
+    let mut out = Out::new(Vec::new(), Format::Human);
+    watch::run(&mut ring, &o, &stop, &mut out).unwrap();
+    let text = String::from_utf8(out.into_inner()).unwrap();
+    assert!(text.contains("(128 slots, batch 128)"), "{text}");
+}
+
+#[test]
+fn invalidate_reasons_are_stable_snake_case() {
+    use xen_mem_event_tools::watch::Reason;
+    assert_eq!(serde_json::to_value(Reason::Merged).unwrap(), "merged");
+    assert_eq!(serde_json::to_value(Reason::Unshared).unwrap(), "unshared");
+    assert_eq!(Reason::Merged.to_string(), "merged");
 }

@@ -6,16 +6,22 @@
 //! `notify` runs the hypervisor's notification handler (response
 //! processing) on the consumer's thread, as Xen does in the consumer's
 //! hypercall, and the producer's kicks wake the consumer's `wait`.
+//!
+//! Each registration gets an owner token of its own (a counter, as Xen's
+//! registration generation), checked by the ring core (`owns`) for
+//! UNREGISTER and RESUME: another token is `ESTALE`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use xen_mem_event::backend::{Backend, EventChannel, RegisterParams, Registration, RingMemory};
+use xen_mem_event::backend::{
+    Backend, EventChannel, RegisterParams, Registration, RingMemory, Token,
+};
 use xen_mem_event::{Error, EventType, Op, RingInfo, RingState};
 
-use crate::{total_frames, Doorbell, HvRing};
+use crate::{total_frames, Doorbell, HvRing, Owner};
 
 /// One registered ring: the hypervisor side plus the emulated channel.
 #[derive(Debug)]
@@ -23,6 +29,7 @@ pub struct HarnessRing {
     hv: HvRing,
     to_consumer: Doorbell,
     port: u32,
+    token: Token,
     batch: u32,
     frames: u32,
     unpaused: Mutex<Vec<u32>>,
@@ -33,6 +40,11 @@ impl HarnessRing {
     /// The hypervisor side.
     pub fn hv(&self) -> &HvRing {
         &self.hv
+    }
+
+    /// The owner token of this registration.
+    pub fn token(&self) -> Token {
+        self.token
     }
 
     /// A fault of the domain's own `vcpu` on `gfn` (kicks the consumer).
@@ -98,12 +110,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The domain every caller of the harness backend is (dom0): the consumer
+/// of every ring it registers.
+const CONSUMER: u16 = 0;
+
 /// Domains and rings of a pretend hypervisor.
 #[derive(Debug, Default)]
 pub struct HarnessBackend {
     domains: Mutex<HashMap<u16, u32>>,
     rings: Mutex<HashMap<(u16, EventType), Arc<HarnessRing>>>,
     next_port: AtomicU32,
+    /// The last owner token handed out.
+    last_token: AtomicU64,
     released_by_teardown: AtomicU64,
     start: Mutex<Option<u32>>,
 }
@@ -183,8 +201,22 @@ impl Backend for HarnessBackend {
         if !params.takeover && self.ring(domid, ty).is_some() {
             return Err(Error::Busy { op, domid, ty });
         }
-        let hv = HvRing::new(ty.raw(), params.frames, max_vcpus, domid, params.batch)
-            .map_err(|rc| Error::from_errno(op, domid, ty, -rc))?;
+        let raw_token = self.last_token.fetch_add(1, Ordering::Relaxed) + 1;
+        let token =
+            Token::new(raw_token).ok_or(Error::from_errno(op, domid, ty, libc::EOVERFLOW))?;
+        let owner = Owner {
+            consumer: CONSUMER,
+            token: raw_token,
+        };
+        let hv = HvRing::with_owner(
+            ty.raw(),
+            params.frames,
+            max_vcpus,
+            domid,
+            params.batch,
+            owner,
+        )
+        .map_err(|rc| Error::from_errno(op, domid, ty, -rc))?;
         if let Some(start) = *lock(&self.start) {
             hv.set_start(start);
         }
@@ -194,6 +226,7 @@ impl Backend for HarnessBackend {
                 Error::from_errno(op, domid, ty, e.raw_os_error().unwrap_or(libc::EIO))
             })?,
             port: self.next_port.fetch_add(1, Ordering::Relaxed) + 10,
+            token,
             batch: params.batch,
             frames: total_frames(ty.raw(), params.frames),
             unpaused: Mutex::new(Vec::new()),
@@ -203,6 +236,7 @@ impl Backend for HarnessBackend {
             nr_frames: ring.frames,
             port: ring.port,
             nr_slots: ring.hv.stats_slots(),
+            token,
         };
         let old = {
             let mut rings = lock(&self.rings);
@@ -218,13 +252,22 @@ impl Backend for HarnessBackend {
         Ok(reg)
     }
 
-    fn unregister(&self, domid: u16, ty: EventType) -> Result<(), Error> {
+    fn unregister(&self, domid: u16, ty: EventType, token: Token) -> Result<(), Error> {
         let op = Op::Unregister;
         self.max_vcpus(op, domid)?;
-        let r = lock(&self.rings)
-            .remove(&(domid, ty))
-            .ok_or(Error::NotRegistered { op, domid, ty })?;
-        self.teardown(&r);
+        let r = {
+            let mut rings = lock(&self.rings);
+            let r = rings
+                .get(&(domid, ty))
+                .ok_or(Error::NotRegistered { op, domid, ty })?;
+            if !r.hv.owns(token.get()) {
+                return Err(Error::from_errno(op, domid, ty, libc::ESTALE));
+            }
+            rings.remove(&(domid, ty))
+        };
+        if let Some(r) = r {
+            self.teardown(&r);
+        }
         Ok(())
     }
 
@@ -246,6 +289,7 @@ impl Backend for HarnessBackend {
             consumer: 0,
             state: RingState(state),
             paused_vcpus: s.paused,
+            parked_vcpus: s.parked,
             produced: s.produced,
             consumed: s.consumed,
             lost: s.lost,
@@ -254,8 +298,11 @@ impl Backend for HarnessBackend {
         })
     }
 
-    fn resume(&self, domid: u16, ty: EventType) -> Result<(), Error> {
+    fn resume(&self, domid: u16, ty: EventType, token: Token) -> Result<(), Error> {
         let r = self.get(Op::Resume, domid, ty)?;
+        if !r.hv.owns(token.get()) {
+            return Err(Error::from_errno(Op::Resume, domid, ty, libc::ESTALE));
+        }
         r.resume();
         if r.hv.stats().broken != 0 {
             return Err(Error::from_errno(Op::Resume, domid, ty, libc::EIO));
@@ -265,6 +312,9 @@ impl Backend for HarnessBackend {
 
     fn map(&self, domid: u16, ty: EventType, nr_frames: u32) -> Result<Box<dyn RingMemory>, Error> {
         let r = self.get(Op::Map, domid, ty)?;
+        if !r.hv.may_map(CONSUMER) {
+            return Err(Error::from_errno(Op::Map, domid, ty, libc::EPERM));
+        }
         if nr_frames != r.frames {
             return Err(Error::from_errno(Op::Map, domid, ty, libc::EINVAL));
         }
@@ -285,7 +335,12 @@ impl Backend for HarnessBackend {
 #[derive(Debug)]
 struct Mapping(Arc<HarnessRing>);
 
-impl RingMemory for Mapping {
+// SAFETY: `HvRing::base()`/`len()` are the ring's frames, allocated
+// page aligned by hv.c for the ring's lifetime and freed only when the
+// `HvRing` drops, which the `Arc` in this mapping prevents; they never
+// change.  The C producer accesses them with plain aligned machine
+// accesses (under its mutex), never through Rust references.
+unsafe impl RingMemory for Mapping {
     fn base(&self) -> *mut u8 {
         self.0.hv.base()
     }

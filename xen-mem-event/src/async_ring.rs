@@ -206,6 +206,11 @@ impl<B: Backend> AsyncRing<B> {
         self.lost_seen
     }
 
+    /// Tears the ring down (see [`Ring::close`]); reports what failed.
+    pub fn close(self) -> crate::Teardown {
+        self.ring.close()
+    }
+
     /// Records waiting in the ring.
     pub fn available(&mut self) -> Result<u32, Error> {
         let prod = self.ring.req_prod(Op::Consume, self.req_cons)?;
@@ -232,14 +237,19 @@ impl<B: Backend> AsyncRing<B> {
     /// Waits until the threshold is reached (at most `timeout`; `None`
     /// waits forever).  Returns whether it is.
     pub fn wait(&mut self, timeout: Option<Duration>) -> Result<bool, Error> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = crate::ring::deadline_after(timeout);
         loop {
             if self.arm()? {
                 return Ok(true);
             }
             if !self.spin.is_zero() {
-                let until = Instant::now() + self.spin;
-                let until = deadline.map_or(until, |d| d.min(until));
+                let until = crate::ring::deadline_after(Some(self.spin));
+                let until = match (deadline, until) {
+                    (Some(d), Some(u)) => Some(d.min(u)),
+                    (d, u) => d.or(u),
+                };
+                // Spinning for ever is not what `spin` is for: cap it.
+                let until = until.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
                 while Instant::now() < until {
                     if self.available()? >= self.batch {
                         return Ok(true);
@@ -371,7 +381,6 @@ impl<B: Backend> AsyncBatch<'_, B> {
         r.seq_gaps = total;
         r.next_seq = raw.seq.saturating_add(1);
         r.req_cons = idx.wrapping_add(1);
-        r.ring.seen += 1;
         self.seq_gaps += gap;
         Ok(InvalidateRecord {
             index: idx,

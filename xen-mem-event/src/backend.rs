@@ -24,16 +24,67 @@
 //!   and each async record for which `mem_event_ring_put_async` returned
 //!   `true`), `false` on timeout; it must not return early otherwise
 //!   (spurious wake-ups are tolerated, but cost a re-check).
-//! - Teardown calls `get_info` (the port must be the one registered, and
-//!   `produced` must not go backwards, or the ring is considered taken over
-//!   and left alone), then `unregister`, then drops the channel, then the
-//!   mapping.
+//! - Every registration gets an owner [`Token`], unique since the backend
+//!   started, returned by `register`.  `unregister` and `resume` must be
+//!   given the token of the ring registered now: any other one (a ring
+//!   since taken over, or unregistered and registered again) is
+//!   [`Error::Stale`] (`ESTALE`), and nothing is done.
+//! - A ring that is torn down (unregistered, taken over, its domain dying)
+//!   gets `XEN_MEM_EVENT_RING_F_DETACHED` in its header and its arrays
+//!   zeroed, in the memory its old consumer still maps.
+//! - Teardown calls `unregister` with the ring's token (`Stale`,
+//!   `NotRegistered` or `NoSuchDomain` mean the ring is no longer ours: left
+//!   alone), then drops the channel, then the mapping.
 
+use std::fmt;
+use std::num::NonZeroU64;
 use std::time::Duration;
 
 use crate::{Error, EventType, RingInfo};
 
-/// What `register` returns: where to map the ring and which port to bind.
+/// The owner token of a registration: a generation unique since boot,
+/// never 0, returned by `REGISTER` and required by `UNREGISTER` and
+/// `RESUME`, so that a consumer whose ring was taken over cannot act on its
+/// successor's ring.  It protects cooperating consumers from each other's
+/// stale state; it is not a secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Token(NonZeroU64);
+
+impl Token {
+    /// The token of raw value `raw` (`None` for 0, which no registration
+    /// has).
+    pub fn new(raw: u64) -> Option<Token> {
+        NonZeroU64::new(raw).map(Token)
+    }
+
+    /// The raw value, as the domctl carries it.
+    pub fn get(self) -> u64 {
+        self.0.get()
+    }
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::str::FromStr for Token {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> Result<Token, Self::Err> {
+        let s = s.trim();
+        let raw = match s.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16),
+            None => s.parse::<u64>(),
+        }
+        .map_err(|_| "not a number")?;
+        Token::new(raw).ok_or("0 is no registration's token")
+    }
+}
+
+/// What `register` returns: where to map the ring, which port to bind, and
+/// the owner token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Registration {
     /// Frames to map (header frame included).
@@ -42,6 +93,8 @@ pub struct Registration {
     pub port: u32,
     /// Slots per array.
     pub nr_slots: u32,
+    /// The owner token of this registration.
+    pub token: Token,
 }
 
 /// Parameters of `register`.
@@ -55,9 +108,61 @@ pub struct RegisterParams {
     pub takeover: bool,
 }
 
-/// A mapping of a ring's frames.  The memory stays valid until dropped.
-pub trait RingMemory: Send + Sync + std::fmt::Debug {
-    /// Start of the mapping (page aligned).
+/// A mapping of a ring's frames, shared with a producer.
+///
+/// The consumer ([`Ring`](crate::Ring)) reads and writes the region through
+/// the pointer returned by [`base`](RingMemory::base) with atomic loads and
+/// stores, trusting the implementation for its validity: a wrong base or
+/// length is undefined behaviour in safe code, hence an `unsafe` trait (as
+/// vm-memory's raw regions are).
+///
+/// # Safety
+///
+/// An implementation must guarantee, from the moment the value is created
+/// until it is dropped:
+///
+/// - `base()` always returns the same pointer, and `len()` the same length;
+/// - the `len()` bytes from `base()` are one mapped, readable and writable
+///   region (no hole, no guard page, not read-only), not freed, unmapped or
+///   remapped before the value is dropped, whatever happens to the ring
+///   (unregistered, taken over, the domain destroyed) or to clones of the
+///   value;
+/// - nothing in this process accesses those bytes through a Rust reference
+///   to non-atomic data (`&[u8]`, `&mut [u8]`, ...): other parties may only
+///   write them with atomic or volatile machine accesses (as Xen or a
+///   producer thread using atomics does), so the consumer's concurrent
+///   atomic accesses are not data races;
+/// - the value can be sent to and shared between threads (`Send + Sync`)
+///   without affecting any of the above.
+///
+/// The consumer checks alignment (a frame-aligned `base`, rejected
+/// otherwise) and bounds against `len()` itself; it does not need a
+/// non-null base to be safe, only the guarantees above.
+///
+/// Safe code cannot make up a region: a safe implementation does not
+/// compile (with a safe trait, this one made `Ring::register` read and
+/// write address 0x1000):
+///
+/// ```compile_fail,E0200
+/// #![forbid(unsafe_code)]
+///
+/// #[derive(Debug)]
+/// struct Bogus;
+///
+/// impl xen_mem_event::RingMemory for Bogus {
+///     fn base(&self) -> *mut u8 {
+///         0x1000 as *mut u8
+///     }
+///     fn len(&self) -> usize {
+///         1 << 20
+///     }
+/// }
+/// ```
+// Declaring the trait unsafe moves the proof obligation to implementers;
+// it adds no unsafe operation here.
+#[allow(unsafe_code)]
+pub unsafe trait RingMemory: Send + Sync + std::fmt::Debug {
+    /// Start of the mapping (frame aligned).
     fn base(&self) -> *mut u8;
     /// Length in bytes.
     fn len(&self) -> usize;
@@ -85,12 +190,14 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         ty: EventType,
         params: RegisterParams,
     ) -> Result<Registration, Error>;
-    /// XEN_MEM_EVENT_RING_UNREGISTER.
-    fn unregister(&self, domid: u16, ty: EventType) -> Result<(), Error>;
+    /// XEN_MEM_EVENT_RING_UNREGISTER of the ring registered as `token`
+    /// ([`Error::Stale`] if the ring registered now has another token).
+    fn unregister(&self, domid: u16, ty: EventType, token: Token) -> Result<(), Error>;
     /// XEN_MEM_EVENT_RING_GET_INFO.
     fn get_info(&self, domid: u16, ty: EventType) -> Result<RingInfo, Error>;
-    /// XEN_MEM_EVENT_RING_RESUME.
-    fn resume(&self, domid: u16, ty: EventType) -> Result<(), Error>;
+    /// XEN_MEM_EVENT_RING_RESUME of the ring registered as `token`
+    /// ([`Error::Stale`] if the ring registered now has another token).
+    fn resume(&self, domid: u16, ty: EventType, token: Token) -> Result<(), Error>;
     /// Map the ring's frames (XENMEM_acquire_resource).
     fn map(&self, domid: u16, ty: EventType, nr_frames: u32) -> Result<Box<dyn RingMemory>, Error>;
     /// Bind Xen's `port` of the ring.
@@ -111,14 +218,14 @@ macro_rules! forward_backend {
             ) -> Result<Registration, Error> {
                 (**self).register(domid, ty, params)
             }
-            fn unregister(&self, domid: u16, ty: EventType) -> Result<(), Error> {
-                (**self).unregister(domid, ty)
+            fn unregister(&self, domid: u16, ty: EventType, token: Token) -> Result<(), Error> {
+                (**self).unregister(domid, ty, token)
             }
             fn get_info(&self, domid: u16, ty: EventType) -> Result<RingInfo, Error> {
                 (**self).get_info(domid, ty)
             }
-            fn resume(&self, domid: u16, ty: EventType) -> Result<(), Error> {
-                (**self).resume(domid, ty)
+            fn resume(&self, domid: u16, ty: EventType, token: Token) -> Result<(), Error> {
+                (**self).resume(domid, ty, token)
             }
             fn map(
                 &self,

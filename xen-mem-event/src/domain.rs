@@ -53,6 +53,16 @@ impl From<&abi::xen_domctl_getdomaininfo> for DomainInfo {
 }
 
 /// Domain queries through libxenctrl.
+///
+/// `Send` but not `Sync`: libxenctrl records a failure in the handle's
+/// `last_error` without a lock, so one handle must not be used by two
+/// threads at once.  Put it behind a `Mutex` to share it, or open one per
+/// thread:
+///
+/// ```compile_fail
+/// fn shared<T: Sync>() {}
+/// shared::<xen_mem_event::domain::Domains>();
+/// ```
 #[derive(Debug)]
 pub struct Domains {
     xc: XenCtrl,

@@ -69,6 +69,10 @@ pub enum BrokenReason {
     /// Xen set `XEN_MEM_EVENT_RING_F_BROKEN` (it saw an impossible consumer
     /// index).  Unregister, or register again with takeover, to recover.
     FlaggedByXen,
+    /// Xen set `XEN_MEM_EVENT_RING_F_DETACHED`: it tore the ring down
+    /// (unregistered, taken over by another consumer, or the domain is
+    /// dying) and scrubbed its arrays.  Nothing more will come on it.
+    Detached,
     /// `req_prod` is more than `nr_slots` ahead of `req_cons`.
     ProducerAhead {
         /// The producer index read.
@@ -121,6 +125,9 @@ impl fmt::Display for BrokenReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BrokenReason::FlaggedByXen => f.write_str("Xen flagged the ring broken"),
+            BrokenReason::Detached => f.write_str(
+                "Xen tore the ring down (unregistered, taken over, or the domain is dying)",
+            ),
             BrokenReason::ProducerAhead { req_prod, req_cons } => write!(
                 f,
                 "req_prod {req_prod} is more than a ring ahead of req_cons {req_cons}"
@@ -204,6 +211,17 @@ pub enum Error {
     /// `ENOENT`: no ring of this type is registered.
     #[error("{op}: no {ty} ring is registered for domain {domid}")]
     NotRegistered {
+        /// The operation.
+        op: Op,
+        /// The domain.
+        domid: u16,
+        /// The event type.
+        ty: EventType,
+    },
+    /// `ESTALE`: the token given is not the one of the ring registered now
+    /// (it was taken over, or unregistered and registered again).
+    #[error("{op}: the {ty} ring of domain {domid} belongs to another registration now")]
+    Stale {
         /// The operation.
         op: Op,
         /// The domain.
@@ -344,6 +362,7 @@ impl Error {
             Error::NoSuchDomain { .. } => Some(libc::ESRCH),
             Error::Busy { .. } => Some(libc::EBUSY),
             Error::NotRegistered { .. } => Some(libc::ENOENT),
+            Error::Stale { .. } => Some(libc::ESTALE),
             Error::DomctlMissing { .. } => Some(libc::ENOSYS),
             Error::NoHap { .. } => Some(libc::ENODEV),
             Error::NoSpace { .. } => Some(libc::ENOSPC),
@@ -365,6 +384,7 @@ impl Error {
         match errno {
             libc::EBUSY => Error::Busy { op, domid, ty },
             libc::ENOENT if domctl => Error::NotRegistered { op, domid, ty },
+            libc::ESTALE if domctl => Error::Stale { op, domid, ty },
             libc::ESRCH => Error::NoSuchDomain { op, domid },
             libc::ENOSYS if domctl => Error::DomctlMissing { op, domid },
             libc::EOPNOTSUPP | libc::ENOSYS => Error::NotSupported {
@@ -411,6 +431,16 @@ mod tests {
             Error::NotRegistered { .. }
         ));
         assert!(matches!(m(Op::Map, libc::ENOENT), Error::Os { .. }));
+        assert!(matches!(
+            m(Op::Unregister, libc::ESTALE),
+            Error::Stale { domid: 5, .. }
+        ));
+        assert!(matches!(m(Op::Resume, libc::ESTALE), Error::Stale { .. }));
+        assert_eq!(m(Op::Unregister, libc::ESTALE).errno(), Some(libc::ESTALE));
+        assert_eq!(
+            m(Op::Unregister, libc::ESTALE).to_string(),
+            "unregister: the SHARING_OOM ring of domain 5 belongs to another registration now"
+        );
         assert!(matches!(
             m(Op::Register, libc::ESRCH),
             Error::NoSuchDomain { .. }

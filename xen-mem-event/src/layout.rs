@@ -143,6 +143,7 @@ impl RawSyncReq {
         }
     }
 
+    #[cfg_attr(not(any(test, feature = "test-utils")), allow(dead_code))] // producer side: `testing`
     pub(crate) fn encode(&self) -> RecordBytes {
         let mut b = [0u8; RECORD_SIZE];
         put(&mut b, offset_of!(Req, id), &self.id.to_ne_bytes());
@@ -170,6 +171,7 @@ pub(crate) struct RawSyncRsp {
 }
 
 impl RawSyncRsp {
+    #[cfg_attr(not(any(test, feature = "test-utils")), allow(dead_code))] // producer side: `testing`
     pub(crate) fn decode(b: &RecordBytes) -> RawSyncRsp {
         let pad = offset_of!(Rsp, _pad);
         RawSyncRsp {
@@ -219,6 +221,7 @@ impl RawAsyncRec {
         }
     }
 
+    #[cfg_attr(not(any(test, feature = "test-utils")), allow(dead_code))] // producer side: `testing`
     pub(crate) fn encode(&self) -> RecordBytes {
         let mut b = [0u8; RECORD_SIZE];
         put(&mut b, offset_of!(Rec, seq), &self.seq.to_ne_bytes());

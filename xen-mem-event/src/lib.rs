@@ -15,7 +15,9 @@
 //!
 //! The operations on Xen go through the [`Backend`] trait: [`XenBackend`]
 //! is the real hypervisor (libxencall, libxenevtchn, libxenforeignmemory);
-//! a test harness can stand in for it.
+//! a test harness can stand in for it.  The `test-utils` feature adds the
+//! `testing` module (a Rust model of Xen's ring core as a backend, and ring
+//! memory on the heap) for tests; it is not part of the stable API.
 //!
 //! # Example
 //!
@@ -55,7 +57,9 @@
 //!
 //! `unsafe` is confined to two modules: `shm` (atomic, bounds-checked
 //! access to the memory shared with Xen) and `xen::ffi` (the calls into
-//! Xen's libraries).  Whatever the producer writes into the shared memory,
+//! Xen's libraries), plus the declaration of the `unsafe trait`
+//! [`RingMemory`] (whose contract every mapping must uphold) and its
+//! implementation for the test-only heap memory.  Whatever the producer writes into the shared memory,
 //! the consumer reads values, not undefined behaviour; an impossible value
 //! yields [`Error::RingBroken`].
 
@@ -70,7 +74,7 @@ pub mod layout;
 mod ring;
 mod shm;
 mod sync;
-#[doc(hidden)]
+#[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
 mod xen;
 
@@ -79,9 +83,9 @@ use std::fmt;
 use xen_mem_event_sys::abi;
 
 pub use async_ring::{AsyncBatch, AsyncRing, AsyncRingBuilder, InvalidateReason, InvalidateRecord};
-pub use backend::{Backend, EventChannel, RegisterParams, Registration, RingMemory};
+pub use backend::{Backend, EventChannel, RegisterParams, Registration, RingMemory, Token};
 pub use error::{BrokenReason, Error, Op};
-pub use ring::{Ring, RingBuilder};
+pub use ring::{Ring, RingBuilder, Teardown};
 pub use sync::{OomReason, PendingRequest, SyncRequest, SyncRing, SyncRingBuilder};
 pub use xen::XenBackend;
 
@@ -161,8 +165,11 @@ pub struct RingInfo {
     pub consumer: u16,
     /// `XEN_MEM_EVENT_STATE_*`.
     pub state: RingState,
-    /// vCPUs paused by the ring now.
+    /// vCPUs paused by the ring now, with a request outstanding.
     pub paused_vcpus: u32,
+    /// vCPUs paused by the ring without a request, waiting for room (the
+    /// ring was full or broken when they faulted).
+    pub parked_vcpus: u32,
     /// Requests/records posted.
     pub produced: u64,
     /// Records consumed (async) or requests answered (sync).
@@ -185,6 +192,7 @@ impl From<&abi::xen_domctl_mem_event_ring> for RingInfo {
             consumer: d.consumer,
             state: RingState(d.state),
             paused_vcpus: d.paused_vcpus,
+            parked_vcpus: d.parked_vcpus,
             produced: d.produced,
             consumed: d.consumed,
             lost: d.lost,

@@ -4,10 +4,13 @@
 use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::backend::{Backend, EventChannel, RegisterParams, Registration};
+use crate::backend::{Backend, EventChannel, RegisterParams, Registration, Token};
 use crate::layout::{self, hdr, FRAME_SIZE, INTERFACE_VERSION, RECORD_SIZE, SLOTS_PER_FRAME};
 use crate::shm::{RecordBytes, Shm};
 use crate::{BrokenReason, Error, EventType, Op, RingInfo};
+
+const F_BROKEN: u32 = xen_mem_event_sys::abi::XEN_MEM_EVENT_RING_F_BROKEN;
+const F_DETACHED: u32 = xen_mem_event_sys::abi::XEN_MEM_EVENT_RING_F_DETACHED;
 
 /// The ring geometry, checked against the header at attach.
 #[derive(Debug, Clone, Copy)]
@@ -32,13 +35,14 @@ pub(crate) struct Geometry {
 /// 2. **unbinds** the event channel;
 /// 3. **unmaps** the frames (Xen frees them once no mapping remains).
 ///
-/// Unregistering first (as `xen-access` disables its ring before
-/// unbinding) matters: while our end of the event channel is bound, no
-/// other consumer can register the type without an explicit takeover, so
-/// the unregister cannot hit a newer consumer's ring.  Unregistering is
-/// skipped if `GET_INFO` shows the ring has already been taken over (a
-/// different port, or fewer records produced than this handle has seen) or
-/// is gone.  Failures are logged (`log::warn!`), never panicked on.
+/// The unregister names the ring by the owner [`Token`] its registration
+/// returned, so it can only tear down this registration: if the ring has
+/// been taken over (or unregistered and registered again by someone else),
+/// Xen answers `ESTALE` and the successor's ring is left alone; that, and a
+/// ring or domain already gone, is logged at `info` level.  Any other
+/// failure is a warning (`log::warn!`), never a panic; [`Ring::close`]
+/// (and `close` of the typed consumers) returns them instead, for callers
+/// that must know whether teardown was clean.
 ///
 /// # Example
 ///
@@ -65,9 +69,9 @@ pub struct Ring<B: Backend> {
     reg: Registration,
     params: RegisterParams,
     geo: Geometry,
-    /// Records/requests consumed through this handle (teardown heuristic).
-    pub(crate) seen: u64,
     broken: Option<BrokenReason>,
+    /// Teardown has run (by `close`): `Drop` has nothing left to do.
+    torn_down: bool,
     // Field order is drop order: unbind before unmap (after `Drop::drop`
     // has unregistered).
     evtchn: Box<dyn EventChannel>,
@@ -120,6 +124,7 @@ struct SetupGuard<'a, B: Backend> {
     backend: &'a B,
     domid: u16,
     ty: EventType,
+    token: Token,
     evtchn: Option<Box<dyn EventChannel>>,
     shm: Option<Shm>,
     armed: bool,
@@ -128,7 +133,7 @@ struct SetupGuard<'a, B: Backend> {
 impl<B: Backend> Drop for SetupGuard<'_, B> {
     fn drop(&mut self) {
         if self.armed {
-            if let Err(e) = self.backend.unregister(self.domid, self.ty) {
+            if let Err(e) = self.backend.unregister(self.domid, self.ty, self.token) {
                 log::warn!(
                     "{} ring of domain {}: unregister after failed setup: {e}",
                     self.ty,
@@ -185,6 +190,7 @@ impl<B: Backend> Ring<B> {
             backend: &backend,
             domid,
             ty,
+            token: reg.token,
             evtchn: None,
             shm: None,
             armed: true,
@@ -255,8 +261,8 @@ impl<B: Backend> Ring<B> {
                 reg,
                 params,
                 geo,
-                seen: 0,
                 broken: None,
+                torn_down: false,
                 evtchn,
                 shm,
             }),
@@ -309,10 +315,15 @@ impl<B: Backend> Ring<B> {
         self.backend.get_info(self.domid, self.ty)
     }
 
+    /// The owner token of this registration.
+    pub fn token(&self) -> Token {
+        self.reg.token
+    }
+
     /// Asks Xen to process posted responses (`RESUME`), as a notification
-    /// does.
+    /// does.  [`Error::Stale`] if the ring was taken over.
     pub fn resume(&self) -> Result<(), Error> {
-        self.backend.resume(self.domid, self.ty)
+        self.backend.resume(self.domid, self.ty, self.reg.token)
     }
 
     /// Kicks Xen's end of the event channel.
@@ -326,15 +337,56 @@ impl<B: Backend> Ring<B> {
         self.evtchn.wait(timeout)
     }
 
-    /// Whether the consumer found the ring broken, or Xen flagged it so.
+    /// Whether the consumer found the ring broken, or Xen flagged it so
+    /// (a detached ring is broken too: unusable).
     pub fn is_broken(&self) -> bool {
-        self.broken.is_some() || self.xen_flagged_broken()
+        self.broken.is_some() || self.flags() & (F_BROKEN | F_DETACHED) != 0
     }
 
-    fn xen_flagged_broken(&self) -> bool {
-        self.shm.load_acquire_u32(hdr::FLAGS).map_or(true, |f| {
-            f & xen_mem_event_sys::abi::XEN_MEM_EVENT_RING_F_BROKEN != 0
-        })
+    /// Whether Xen tore the ring down (`XEN_MEM_EVENT_RING_F_DETACHED`):
+    /// it was unregistered, taken over by another consumer, or its domain
+    /// started dying.  Nothing more will be posted on it; drop it.
+    pub fn is_detached(&self) -> bool {
+        self.flags() & F_DETACHED != 0
+    }
+
+    /// The header flags (an unreadable header reads as broken).
+    fn flags(&self) -> u32 {
+        self.shm.load_acquire_u32(hdr::FLAGS).unwrap_or(F_BROKEN)
+    }
+
+    /// Tears the ring down now (see [Teardown](Ring#teardown)) and reports
+    /// what happened, failures included (they are logged as warnings as
+    /// well).
+    pub fn close(mut self) -> Teardown {
+        self.teardown()
+    }
+
+    /// Unregisters (once), with the token.
+    pub(crate) fn teardown(&mut self) -> Teardown {
+        if self.torn_down {
+            return Teardown::default();
+        }
+        self.torn_down = true;
+        let mut t = Teardown::default();
+        match self.backend.unregister(self.domid, self.ty, self.reg.token) {
+            Ok(()) => t.unregistered = true,
+            Err(
+                e
+                @ (Error::Stale { .. } | Error::NotRegistered { .. } | Error::NoSuchDomain { .. }),
+            ) => {
+                log::info!(
+                    "{} ring of domain {}: taken over or gone, not unregistering ({e})",
+                    self.ty,
+                    self.domid
+                );
+            }
+            Err(e) => {
+                log::warn!("{} ring of domain {}: {e}", self.ty, self.domid);
+                t.warnings.push(e);
+            }
+        }
+        t
     }
 
     // ----- for the typed consumers -----
@@ -354,12 +406,16 @@ impl<B: Backend> Ring<B> {
         }
     }
 
-    /// Fails if the ring is (or was found) broken.
+    /// Fails if the ring is (or was found) broken, or is detached.
     pub(crate) fn check(&mut self, op: Op) -> Result<(), Error> {
         if let Some(reason) = self.broken {
             return Err(self.broken(op, reason));
         }
-        if self.xen_flagged_broken() {
+        let flags = self.flags();
+        if flags & F_DETACHED != 0 {
+            return Err(self.broken(op, BrokenReason::Detached));
+        }
+        if flags & F_BROKEN != 0 {
             return Err(self.broken(op, BrokenReason::FlaggedByXen));
         }
         Ok(())
@@ -442,41 +498,34 @@ impl<B: Backend> Ring<B> {
         let rsp_prod = self.load_acquire(Op::Attach, hdr::RSP_PROD)?;
         Ok((req_cons, rsp_prod))
     }
-
-    fn should_unregister(&self) -> bool {
-        match self.backend.get_info(self.domid, self.ty) {
-            Ok(info) if info.port != self.reg.port || info.produced < self.seen => {
-                log::info!(
-                    "{} ring of domain {}: taken over by another consumer; not unregistering",
-                    self.ty,
-                    self.domid
-                );
-                false
-            }
-            Ok(_) => true,
-            Err(Error::NotRegistered { .. }) => false,
-            Err(e) => {
-                log::debug!(
-                    "{} ring of domain {}: get_info at teardown: {e}",
-                    self.ty,
-                    self.domid
-                );
-                true
-            }
-        }
-    }
 }
 
 impl<B: Backend> Drop for Ring<B> {
     fn drop(&mut self) {
-        if self.should_unregister() {
-            match self.backend.unregister(self.domid, self.ty) {
-                Ok(()) | Err(Error::NotRegistered { .. }) => {}
-                Err(e) => log::warn!("{} ring of domain {}: {e}", self.ty, self.domid),
-            }
-        }
+        // Warnings are logged by `teardown`.
+        let _ = self.teardown();
         // Then the fields drop in declaration order: `evtchn` (unbind),
         // then `shm` (unmap).
+    }
+}
+
+/// What tearing a ring down did ([`Ring::close`], `SyncRing::close`,
+/// `AsyncRing::close`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Teardown {
+    /// This handle unregistered the ring (false: it had been taken over,
+    /// unregistered by someone else, or its domain was gone).
+    pub unregistered: bool,
+    /// What failed (a final kick, the unregister), each also logged as a
+    /// warning.
+    pub warnings: Vec<Error>,
+}
+
+impl Teardown {
+    /// Whether nothing failed.
+    pub fn is_clean(&self) -> bool {
+        self.warnings.is_empty()
     }
 }
 
@@ -554,6 +603,12 @@ fn check_header(shm: &Shm, domid: u16, ty: EventType, nr_slots: u32) -> Result<G
         rsp_off,
         max_vcpus,
     })
+}
+
+/// The deadline `timeout` from now: `None` (no deadline, wait forever) for
+/// no timeout, and for one too long to be represented (`Duration::MAX`).
+pub(crate) fn deadline_after(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.and_then(|t| Instant::now().checked_add(t))
 }
 
 /// What is left of a wait until `deadline`: `None` once it has passed,

@@ -48,7 +48,8 @@ pub struct SyncRequest {
     /// The vCPU that faulted (the foreign domain's vCPU for a foreign
     /// request).
     pub vcpu_id: u32,
-    /// The domain that owns the gfn.
+    /// The domain that owns the gfn: always the ring's domain (any other
+    /// value makes the ring [broken](Error::RingBroken)).
     pub domid: u16,
     /// Why.
     pub reason: OomReason,
@@ -267,7 +268,6 @@ impl<B: Backend> SyncRing<B> {
             }
         };
         self.req_cons = idx.wrapping_add(1);
-        self.ring.seen += 1;
         if !req.foreign {
             self.pending.insert(
                 req.vcpu_id,
@@ -283,6 +283,9 @@ impl<B: Backend> SyncRing<B> {
     fn validate(&self, index: u32, raw: &RawSyncReq) -> Result<SyncRequest, &'static str> {
         if raw.pad != 0 {
             return Err("padding is not zero");
+        }
+        if raw.domid != self.ring.domid() {
+            return Err("domid is not the ring's domain");
         }
         let reason = OomReason::from_raw(raw.reason).ok_or("unknown reason")?;
         let foreign = match raw.flags {
@@ -454,7 +457,7 @@ impl<B: Backend> SyncRing<B> {
     /// available.
     pub fn wait(&mut self, timeout: Option<Duration>) -> Result<bool, Error> {
         self.flush()?;
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = crate::ring::deadline_after(timeout);
         loop {
             if self.available()? > 0 {
                 return Ok(true);
@@ -466,6 +469,26 @@ impl<B: Backend> SyncRing<B> {
                 return Ok(self.available()? > 0);
             }
         }
+    }
+}
+
+impl<B: Backend> SyncRing<B> {
+    /// Kicks Xen for the responses not flushed yet, then tears the ring
+    /// down (see [`Ring::close`]); reports what failed.
+    pub fn close(mut self) -> crate::Teardown {
+        let flushed = self.flush();
+        let mut t = self.ring.teardown();
+        if let Err(e) = flushed {
+            log::warn!(
+                "{} ring of domain {}: final kick: {e}",
+                self.ring.event_type(),
+                self.ring.domid()
+            );
+            t.warnings.insert(0, e);
+            // Do not try (and warn) again on drop.
+            self.unnotified = 0;
+        }
+        t
     }
 }
 

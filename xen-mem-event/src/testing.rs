@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use xen_mem_event_sys::abi;
 
-use crate::backend::{Backend, EventChannel, RegisterParams, Registration, RingMemory};
+use crate::backend::{Backend, EventChannel, RegisterParams, Registration, RingMemory, Token};
 use crate::layout::{
     self, event_crossed, hdr, RawAsyncRec, RawSyncReq, RawSyncRsp, FRAME_SIZE, INTERFACE_VERSION,
     RECORD_SIZE, SLOTS_PER_FRAME,
@@ -55,7 +55,13 @@ impl HeapMemory {
     }
 }
 
-impl RingMemory for HeapMemory {
+// SAFETY: the frames are one heap allocation of `frames.len()` frames,
+// frame aligned (`Frame` is `align(4096)`), kept alive by the `Arc` as long
+// as this clone lives, never moved (an `Arc<[Frame]>` does not reallocate),
+// and made of atomics only, so every access to them, by any clone on any
+// thread, is atomic.
+#[allow(unsafe_code)]
+unsafe impl RingMemory for HeapMemory {
     fn base(&self) -> *mut u8 {
         // The frames are atomics (interior mutability): writing through
         // this pointer, atomically, is allowed.
@@ -77,6 +83,7 @@ struct FakeRing {
     rsp_off: usize,
     max_vcpus: u32,
     port: u32,
+    token: Token,
     batch: u32,
     req_prod: u32,
     req_cons: u32,
@@ -119,6 +126,27 @@ impl FakeRing {
             self.info.consumed += u64::from(done);
         }
         true
+    }
+
+    /// Xen's teardown as the old consumer sees it: `F_DETACHED` set and
+    /// the arrays scrubbed, in the memory it still maps.
+    fn detach(&self) {
+        let flags = self.shm.load_acquire_u32(hdr::FLAGS).unwrap_or(0);
+        let _ = self
+            .shm
+            .store_u32(hdr::FLAGS, flags | abi::XEN_MEM_EVENT_RING_F_DETACHED);
+        for slot in 0..self.nr_slots {
+            let _ = self.shm.write_record(
+                layout::slot_offset(self.req_off, slot, self.nr_slots),
+                &[0; RECORD_SIZE],
+            );
+            if self.sync {
+                let _ = self.shm.write_record(
+                    layout::slot_offset(self.rsp_off, slot, self.nr_slots),
+                    &[0; RECORD_SIZE],
+                );
+            }
+        }
     }
 
     fn count_lost(&mut self) {
@@ -173,7 +201,10 @@ struct State {
     /// Domains and their vCPU counts.
     domains: BTreeMap<u16, u32>,
     rings: BTreeMap<(u16, EventType), FakeRing>,
-    next_port: u32,
+    /// One-shot failures injected by `fail_next`.
+    inject: Vec<(Op, i32)>,
+    /// The last owner token handed out.
+    last_token: u64,
     start_index: u32,
     /// Header words overwritten right after the next registration.
     corrupt_next: Vec<(usize, u32)>,
@@ -212,6 +243,37 @@ impl FakeXen {
     /// Creates domain `domid` with `max_vcpus` vCPUs.
     pub fn add_domain(&self, domid: u16, max_vcpus: u32) {
         self.lock().domains.insert(domid, max_vcpus);
+    }
+
+    /// Destroys domain `domid`: its rings are torn down (detached) first,
+    /// as Xen does when the domain starts dying.
+    pub fn destroy_domain(&self, domid: u16) {
+        let mut st = self.lock();
+        st.domains.remove(&domid);
+        let keys: Vec<_> = st.rings.keys().filter(|k| k.0 == domid).copied().collect();
+        for k in keys {
+            if let Some(r) = st.rings.remove(&k) {
+                r.detach();
+            }
+        }
+        self.shared.cond.notify_all();
+    }
+
+    /// Makes the next `op` (`Op::Unregister`, `Op::Resume` or
+    /// `Op::Notify`, on any ring) fail with `errno`.
+    pub fn fail_next(&self, op: Op, errno: i32) {
+        self.lock().inject.push((op, errno));
+    }
+
+    fn injected(&self, op: Op) -> Option<i32> {
+        let mut st = self.lock();
+        let i = st.inject.iter().position(|(o, _)| *o == op)?;
+        Some(st.inject.remove(i).1)
+    }
+
+    /// The owner token of the ring registered now.
+    pub fn token(&self, domid: u16, ty: EventType) -> Option<Token> {
+        self.lock().rings.get(&(domid, ty)).map(|r| r.token)
     }
 
     /// Rings registered from now on start their indices at `idx` (to test
@@ -338,6 +400,33 @@ impl FakeXen {
         }
     }
 
+    /// Writes `bytes` at byte offset `off` of the ring's frames, whatever
+    /// is there (header, indices, arrays): a hostile producer.  Bytes
+    /// beyond the mapping are dropped.
+    pub fn scribble(&self, domid: u16, ty: EventType, off: usize, bytes: &[u8]) {
+        let st = self.lock();
+        let Some(r) = st.rings.get(&(domid, ty)) else {
+            return;
+        };
+        for (at, b) in (off..).zip(bytes) {
+            let word = at & !7;
+            let Some(w) = r.shm.load_u64(word) else {
+                break;
+            };
+            let mut w = w.to_ne_bytes();
+            if let Some(byte) = w.get_mut(at - word) {
+                *byte = *b;
+            }
+            let _ = r.shm.store_u64(word, u64::from_ne_bytes(w));
+        }
+    }
+
+    /// Bytes of the ring's frames (what [`scribble`](FakeXen::scribble)
+    /// can reach).
+    pub fn ring_len(&self, domid: u16, ty: EventType) -> Option<usize> {
+        self.lock().rings.get(&(domid, ty)).map(|r| r.mem.len())
+    }
+
     /// Overwrites the shared `lost` counter.
     pub fn corrupt_lost(&self, domid: u16, ty: EventType, lost: u64) {
         if let Some(r) = self.lock().rings.get_mut(&(domid, ty)) {
@@ -389,10 +478,10 @@ impl FakeXen {
             .is_some_and(|r| r.broken)
     }
 
-    fn kick_from_consumer(&self, domid: u16, ty: EventType, port: u32) {
+    fn kick_from_consumer(&self, domid: u16, ty: EventType, token: Token) {
         let mut st = self.lock();
         if let Some(r) = st.rings.get_mut(&(domid, ty)) {
-            if r.port == port {
+            if r.token == token {
                 r.connected = true;
                 r.kicks_from_consumer += 1;
                 r.get_responses();
@@ -400,22 +489,29 @@ impl FakeXen {
         }
     }
 
-    fn channel_closed(&self, domid: u16, ty: EventType, port: u32) {
+    fn channel_closed(&self, domid: u16, ty: EventType, token: Token) {
         let mut st = self.lock();
         if let Some(r) = st.rings.get_mut(&(domid, ty)) {
-            if r.port == port {
+            if r.token == token {
                 r.consumer_gone = true;
             }
         }
     }
 
-    /// Waits for a kick to the consumer of port `port`.
-    fn wait_kick(&self, domid: u16, ty: EventType, port: u32, timeout: Option<Duration>) -> bool {
-        let deadline = timeout.map(|t| Instant::now() + t);
+    /// Waits for a kick to the consumer of the ring registered as `token`
+    /// (the channel of a ring torn down never fires again).
+    fn wait_kick(
+        &self,
+        domid: u16,
+        ty: EventType,
+        token: Token,
+        timeout: Option<Duration>,
+    ) -> bool {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut st = self.lock();
         loop {
             match st.rings.get_mut(&(domid, ty)) {
-                Some(r) if r.port == port => {
+                Some(r) if r.token == token => {
                     if r.kicks_to_consumer > 0 {
                         r.kicks_to_consumer = 0;
                         return true;
@@ -514,8 +610,15 @@ impl Backend for FakeXen {
         for (off, v) in std::mem::take(&mut st.corrupt_next) {
             let _ = shm.store_u32(off, v);
         }
-        st.next_port += 1;
-        let port = st.next_port;
+        // Xen allocates the lowest free port of the domain: a port number
+        // is reused once its ring is torn down.  (During a takeover the old
+        // ring still holds its port.)
+        let port = (1u32..)
+            .find(|p| !st.rings.iter().any(|(k, r)| k.0 == domid && r.port == *p))
+            .unwrap_or(u32::MAX);
+        st.last_token += 1;
+        let token =
+            Token::new(st.last_token).ok_or(fake_err(Op::Register, domid, ty, libc::EOVERFLOW))?;
         let ring = FakeRing {
             shm,
             mem,
@@ -525,6 +628,7 @@ impl Backend for FakeXen {
             rsp_off,
             max_vcpus,
             port,
+            token,
             batch,
             req_prod: start,
             req_cons: start,
@@ -540,15 +644,22 @@ impl Backend for FakeXen {
             info: RingInfo::default(),
         };
         // A takeover tears the old ring down (its vCPUs are released).
-        st.rings.insert((domid, ty), ring);
+        if let Some(old) = st.rings.insert((domid, ty), ring) {
+            old.detach();
+        }
+        self.shared.cond.notify_all();
         Ok(Registration {
             nr_frames,
             port,
             nr_slots,
+            token,
         })
     }
 
-    fn unregister(&self, domid: u16, ty: EventType) -> Result<(), Error> {
+    fn unregister(&self, domid: u16, ty: EventType, token: Token) -> Result<(), Error> {
+        if let Some(errno) = self.injected(Op::Unregister) {
+            return Err(fake_err(Op::Unregister, domid, ty, errno));
+        }
         let mut st = self.lock();
         if !st.domains.contains_key(&domid) {
             return Err(Error::NoSuchDomain {
@@ -556,12 +667,18 @@ impl Backend for FakeXen {
                 domid,
             });
         }
-        st.rings.remove(&(domid, ty)).map(|_| ()).ok_or(fake_err(
-            Op::Unregister,
-            domid,
-            ty,
-            libc::ENOENT,
-        ))
+        match st.rings.get(&(domid, ty)) {
+            None => return Err(fake_err(Op::Unregister, domid, ty, libc::ENOENT)),
+            Some(r) if r.token != token => {
+                return Err(fake_err(Op::Unregister, domid, ty, libc::ESTALE))
+            }
+            Some(_) => {}
+        }
+        if let Some(r) = st.rings.remove(&(domid, ty)) {
+            r.detach();
+        }
+        self.shared.cond.notify_all();
+        Ok(())
     }
 
     fn get_info(&self, domid: u16, ty: EventType) -> Result<RingInfo, Error> {
@@ -592,12 +709,18 @@ impl Backend for FakeXen {
         })
     }
 
-    fn resume(&self, domid: u16, ty: EventType) -> Result<(), Error> {
+    fn resume(&self, domid: u16, ty: EventType, token: Token) -> Result<(), Error> {
+        if let Some(errno) = self.injected(Op::Resume) {
+            return Err(fake_err(Op::Resume, domid, ty, errno));
+        }
         let mut st = self.lock();
         let r =
             st.rings
                 .get_mut(&(domid, ty))
                 .ok_or(fake_err(Op::Resume, domid, ty, libc::ENOENT))?;
+        if r.token != token {
+            return Err(fake_err(Op::Resume, domid, ty, libc::ESTALE));
+        }
         r.get_responses();
         Ok(())
     }
@@ -621,35 +744,44 @@ impl Backend for FakeXen {
                 xen: self.clone(),
                 domid,
                 ty,
-                port,
+                token: r.token,
             })),
             _ => Err(fake_err(Op::Bind, domid, ty, libc::EINVAL)),
         }
     }
 }
 
-/// The consumer's end of a [`FakeXen`] ring's event channel.
+/// The consumer's end of a [`FakeXen`] ring's event channel: bound to one
+/// registration (Xen closes its end when the ring is torn down, so the
+/// channel never reaches a later ring that reuses the port number).
 #[derive(Debug)]
 struct FakeChannel {
     xen: FakeXen,
     domid: u16,
     ty: EventType,
-    port: u32,
+    token: Token,
 }
 
 impl EventChannel for FakeChannel {
     fn notify(&self) -> Result<(), Error> {
-        self.xen.kick_from_consumer(self.domid, self.ty, self.port);
+        if let Some(errno) = self.xen.injected(Op::Notify) {
+            return Err(Error::Os {
+                op: Op::Notify,
+                domid: Some(self.domid),
+                errno,
+            });
+        }
+        self.xen.kick_from_consumer(self.domid, self.ty, self.token);
         Ok(())
     }
 
     fn wait(&self, timeout: Option<Duration>) -> Result<bool, Error> {
-        Ok(self.xen.wait_kick(self.domid, self.ty, self.port, timeout))
+        Ok(self.xen.wait_kick(self.domid, self.ty, self.token, timeout))
     }
 }
 
 impl Drop for FakeChannel {
     fn drop(&mut self) {
-        self.xen.channel_closed(self.domid, self.ty, self.port);
+        self.xen.channel_closed(self.domid, self.ty, self.token);
     }
 }

@@ -231,3 +231,53 @@ fn steady_stream_costs_one_kick_per_batch() {
         );
     }
 }
+
+/// `wait(Some(Duration::MAX))` (and a spin) must not overflow the
+/// deadline: `Instant::now() + timeout` panicked.
+#[test]
+fn wait_with_the_longest_timeout() {
+    let xen = xen();
+    let mut ring = AsyncRing::builder(&xen, DOM).batch(2).register().unwrap();
+    assert_eq!(put(&xen, 2), 2);
+    assert!(ring.wait(Some(Duration::MAX)).unwrap());
+    assert_eq!(ring.batch().unwrap().count(), 2);
+    // Nothing comes: the spin is bounded by the wait's deadline.
+    ring.set_spin(Duration::MAX);
+    assert!(!ring.wait(Some(Duration::from_millis(5))).unwrap());
+}
+
+/// A ring Xen tore down (taken over, or the domain dying) is reported as
+/// detached, and reading it is `RingBroken` (`Detached`), not garbage.
+#[test]
+fn detached_ring_is_reported() {
+    for takeover in [true, false] {
+        let xen = xen();
+        let mut ring = AsyncRing::register(&xen, DOM, 1).unwrap();
+        assert_eq!(put(&xen, 3), 3);
+        let _taker = if takeover {
+            Some(
+                AsyncRing::builder(&xen, DOM)
+                    .takeover(true)
+                    .register()
+                    .unwrap(),
+            )
+        } else {
+            xen.destroy_domain(DOM);
+            None
+        };
+        assert!(ring.ring().is_detached(), "takeover {takeover}");
+        let err = ring.batch().map(|_| ()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::RingBroken {
+                    reason: BrokenReason::Detached,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let t = ring.close();
+        assert!(!t.unregistered && t.is_clean(), "{t:?}");
+    }
+}

@@ -4,10 +4,24 @@ use std::time::Duration;
 
 use xen_mem_event::layout::hdr;
 use xen_mem_event::testing::FakeXen;
-use xen_mem_event::{AsyncRing, BrokenReason, Error, EventType, Ring, SyncRing};
+use xen_mem_event::{
+    AsyncRing, Backend, BrokenReason, Error, EventType, Op, Ring, SyncRing, Token,
+};
 
 const DOM: u16 = 3;
 const OOM: EventType = EventType::SharingOom;
+
+/// A sync request's bytes, as the producer writes them.
+fn raw_req(id: u64, vcpu: u32, flags: u32, domid: u16, reason: u16, pad: u32) -> [u8; 32] {
+    let mut b = [0u8; 32];
+    b[0..8].copy_from_slice(&id.to_ne_bytes());
+    b[16..20].copy_from_slice(&vcpu.to_ne_bytes());
+    b[20..24].copy_from_slice(&flags.to_ne_bytes());
+    b[24..26].copy_from_slice(&domid.to_ne_bytes());
+    b[26..28].copy_from_slice(&reason.to_ne_bytes());
+    b[28..32].copy_from_slice(&pad.to_ne_bytes());
+    b
+}
 
 fn xen(vcpus: u32) -> FakeXen {
     let xen = FakeXen::new();
@@ -310,14 +324,7 @@ fn producer_far_ahead_is_ring_broken() {
 #[test]
 fn garbage_requests_are_ring_broken() {
     let valid = |id: u64, vcpu: u32, flags: u32, reason: u16, pad: u32| {
-        let mut b = [0u8; 32];
-        b[0..8].copy_from_slice(&id.to_ne_bytes());
-        b[16..20].copy_from_slice(&vcpu.to_ne_bytes());
-        b[20..24].copy_from_slice(&flags.to_ne_bytes());
-        b[24..26].copy_from_slice(&DOM.to_ne_bytes());
-        b[26..28].copy_from_slice(&reason.to_ne_bytes());
-        b[28..32].copy_from_slice(&pad.to_ne_bytes());
-        b
+        raw_req(id, vcpu, flags, DOM, reason, pad)
     };
     let cases = [
         ("unknown flags", valid(1 << 16, 0, 4, 1, 0)),
@@ -355,12 +362,201 @@ fn duplicate_request_for_paused_vcpu_is_ring_broken() {
     let mut ring = SyncRing::register(&xen, DOM, 1).unwrap();
     let id = xen.put_sync(DOM, 0, false, 0).unwrap();
     let _ = ring.take_requests().unwrap();
-    let mut b = [0u8; 32];
-    b[0..8].copy_from_slice(&(id + (1 << 16)).to_ne_bytes());
-    b[20..24].copy_from_slice(&1u32.to_ne_bytes());
-    b[26..28].copy_from_slice(&1u16.to_ne_bytes());
-    xen.push_raw(DOM, OOM, b);
-    assert!(ring.take_requests().unwrap_err().is_broken());
+    xen.push_raw(DOM, OOM, raw_req(id + (1 << 16), 0, 1, DOM, 1, 0));
+    let err = ring.take_requests().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::RingBroken {
+                reason: BrokenReason::BadRecord {
+                    what: "second request for a vCPU already paused",
+                    ..
+                },
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// A request (paused or foreign) must name the ring's own domain: the
+/// pager would otherwise act on (set the allowance of) another domain.
+#[test]
+fn request_naming_another_domain_is_ring_broken() {
+    for (flags, id) in [(1u32, 1u64 << 16), (2, 0)] {
+        let xen = xen(2);
+        let mut ring = SyncRing::register(&xen, DOM, 1).unwrap();
+        xen.push_raw(DOM, OOM, raw_req(id, 0, flags, DOM + 1, 1, 0));
+        let err = ring.take_requests().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::RingBroken {
+                    reason: BrokenReason::BadRecord {
+                        index: 0,
+                        what: "domid is not the ring's domain"
+                    },
+                    ..
+                }
+            ),
+            "flags {flags}: {err}"
+        );
+        assert_eq!(ring.pending().count(), 0, "flags {flags}");
+    }
+}
+
+/// A consumer whose ring was taken over, then unregistered, then
+/// registered again by a third consumer (which gets the same, lowest free,
+/// port) must not unregister the third consumer's ring when it drops.
+#[test]
+fn drop_after_takeover_leaves_a_later_registration_alone() {
+    let xen = xen(2);
+    let old = SyncRing::register(&xen, DOM, 1).unwrap();
+    let old_port = old.ring().registration().port;
+    let taker = SyncRing::builder(&xen, DOM)
+        .takeover(true)
+        .register()
+        .unwrap();
+    assert!(old.ring().is_detached());
+    assert!(taker.close().unregistered);
+    let mut third = SyncRing::register(&xen, DOM, 1).unwrap();
+    assert_eq!(third.ring().registration().port, old_port, "port reused");
+    assert_ne!(third.ring().token(), old.ring().token());
+
+    let t = old.close();
+    assert!(!t.unregistered, "the old consumer's token is stale");
+    assert!(t.is_clean(), "{:?}", t.warnings);
+    let info = xen
+        .info(DOM, OOM)
+        .expect("the third ring is still registered");
+    assert_eq!(info.port, old_port);
+    // ... and still works.
+    xen.put_sync(DOM, 1, false, 0x42).unwrap();
+    assert!(third.wait(Some(Duration::ZERO)).unwrap());
+    let reqs = third.take_requests().unwrap();
+    third.respond_all(&reqs).unwrap();
+    assert!(xen.paused_vcpus(DOM).is_empty());
+}
+
+#[test]
+fn unregister_and_resume_need_the_token() {
+    let xen = xen(2);
+    let ring = SyncRing::register(&xen, DOM, 1).unwrap();
+    let token = ring.ring().token();
+    let other = Token::new(token.get() + 1).unwrap();
+    assert!(matches!(
+        xen.unregister(DOM, OOM, other),
+        Err(Error::Stale {
+            op: Op::Unregister,
+            domid: DOM,
+            ..
+        })
+    ));
+    assert!(matches!(
+        xen.resume(DOM, OOM, other),
+        Err(Error::Stale { op: Op::Resume, .. })
+    ));
+    assert!(
+        xen.info(DOM, OOM).is_some(),
+        "nothing done with a stale token"
+    );
+    ring.ring().resume().unwrap();
+    assert!(ring.close().unregistered);
+    assert!(xen.info(DOM, OOM).is_none());
+}
+
+/// Xen tearing the ring down under the consumer (taken over, or the
+/// domain dying): the consumer sees `F_DETACHED` and gets `RingBroken`
+/// (`Detached`) instead of reading the scrubbed slots.
+#[test]
+fn detached_ring_is_reported() {
+    for takeover in [true, false] {
+        let xen = xen(2);
+        let mut ring = SyncRing::register(&xen, DOM, 1).unwrap();
+        xen.put_sync(DOM, 0, false, 0x1000).unwrap();
+        assert!(!ring.ring().is_detached());
+        let _taker = if takeover {
+            Some(
+                SyncRing::builder(&xen, DOM)
+                    .takeover(true)
+                    .register()
+                    .unwrap(),
+            )
+        } else {
+            xen.destroy_domain(DOM);
+            None
+        };
+        assert!(ring.ring().is_detached(), "takeover {takeover}");
+        assert!(ring.ring().is_broken());
+        let err = ring.take_requests().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::RingBroken {
+                    reason: BrokenReason::Detached,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(ring.wait(Some(Duration::ZERO)).unwrap_err().is_broken());
+        let t = ring.close();
+        assert!(!t.unregistered && t.is_clean(), "{t:?}");
+    }
+}
+
+#[test]
+fn close_reports_a_failed_unregister_and_final_kick() {
+    let xen = xen(2);
+    let ring = SyncRing::register(&xen, DOM, 1).unwrap();
+    xen.fail_next(Op::Unregister, libc::EIO);
+    let t = ring.close();
+    assert!(!t.unregistered);
+    assert!(
+        matches!(
+            t.warnings[..],
+            [Error::Os {
+                op: Op::Unregister,
+                errno: libc::EIO,
+                ..
+            }]
+        ),
+        "{t:?}"
+    );
+
+    let xen2 = FakeXen::new();
+    xen2.add_domain(DOM, 2);
+    let mut ring = SyncRing::register(&xen2, DOM, 1).unwrap();
+    xen2.put_sync(DOM, 0, false, 0).unwrap();
+    let reqs = ring.take_requests().unwrap();
+    ring.respond(&reqs[0]).unwrap();
+    xen2.fail_next(Op::Notify, libc::EIO);
+    let t = ring.close();
+    assert!(t.unregistered);
+    assert!(
+        matches!(t.warnings[..], [Error::Os { op: Op::Notify, .. }]),
+        "{t:?}"
+    );
+}
+
+/// `wait(Some(Duration::MAX))` must not overflow the deadline (it panicked
+/// computing `Instant::now() + timeout`).
+#[test]
+fn wait_with_the_longest_timeout() {
+    let xen = xen(2);
+    let mut ring = SyncRing::register(&xen, DOM, 1).unwrap();
+    xen.put_sync(DOM, 0, false, 0).unwrap();
+    assert!(ring.wait(Some(Duration::MAX)).unwrap());
+    let reqs = ring.take_requests().unwrap();
+    ring.respond_all(&reqs).unwrap();
+    // And a long wait that a producer ends.
+    let x = xen.clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        x.put_sync(DOM, 1, false, 0).unwrap();
+    });
+    assert!(ring.wait(Some(Duration::MAX)).unwrap());
+    t.join().unwrap();
 }
 
 #[test]

@@ -201,7 +201,13 @@ impl ResourceMapping {
     }
 }
 
-impl RingMemory for ResourceMapping {
+// SAFETY: `addr` and `len` are set once, by `map`, to the region that
+// `xenforeignmemory_map_resource` mapped read-write for `nr_frames` frames
+// (an mmap of the privcmd device: page aligned, no holes), and the region
+// is only unmapped by `Drop`.  Xen (the other party) writes it with plain
+// aligned machine accesses; this process never takes a non-atomic
+// reference to it.  The mapping is usable from any thread (see `Send`).
+unsafe impl RingMemory for ResourceMapping {
     fn base(&self) -> *mut u8 {
         self.addr.as_ptr()
     }
@@ -273,7 +279,8 @@ impl BoundEvtchn {
         if fd < 0 {
             return Err(errno());
         }
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout too long to represent waits for ever.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
             let ms: libc::c_int = match deadline {
                 None => -1,
@@ -334,12 +341,15 @@ impl Drop for BoundEvtchn {
 #[derive(Debug)]
 pub(crate) struct XenCtrl(NonNull<libs::xc_interface>);
 
-// SAFETY: libxenctrl handles may be used from several threads (hypercalls
-// are ioctls; the library's buffer cache and error state are protected by
-// its own mutex and thread-local storage).
+// SAFETY: the handle is not tied to the thread that opened it: hypercalls
+// are ioctls on its privcmd fd, and its state (the hypercall buffer cache,
+// the `last_error` record) is plain memory any one thread may use.
+//
+// It is deliberately not `Sync`: libxenctrl's error path (`xc_reportv`)
+// writes the handle's `last_error` without a lock, so two threads calling
+// through one handle at once race on it.  Share a `Domains` behind a
+// `Mutex`, or open one per thread.
 unsafe impl Send for XenCtrl {}
-// SAFETY: see `Send`.
-unsafe impl Sync for XenCtrl {}
 
 impl XenCtrl {
     pub(crate) fn open() -> Result<XenCtrl, i32> {
