@@ -79,23 +79,29 @@ if [ $rc = 0 ] && echo "$out" | grep -q '"kind":"registered"'; then
 else
     result takeover FAIL "rc=$rc: $out"
 fi
-# The old watcher notices nothing until it is stopped; it must still exit 0
-# and leave the new registration alone.
+# The old watcher notices the takeover by itself (its ring is flagged
+# DETACHED), says so and exits 1, leaving the new registration alone.
+wait_for 10 sh -c "! kill -0 $W 2>/dev/null"
 stop_tool "$W"
 watch_rc=$STOP_RC
-if [ "$watch_rc" = 0 ] && [ "$(ring_field "$D" SHARING_INVALIDATE consumer)" = 0 ]; then
-    result takeover-old-consumer PASS "old watcher exited 0, the taken-over ring is still registered"
+if [ "$watch_rc" = 1 ] && grep -q '"cause":"taken_over"' "$R-watch.jsonl" &&
+   [ "$(ring_field "$D" SHARING_INVALIDATE consumer)" = 0 ]; then
+    result takeover-old-consumer PASS "old watcher exited 1 by itself: $(tail -n 1 "$R-watch.err"); the new registration is still there"
 else
-    result takeover-old-consumer FAIL "watcher rc=$watch_rc; $(xen-mem-event status --domain "$D" 2>&1 | tr '\n' ' ')"
+    result takeover-old-consumer FAIL "watcher rc=$watch_rc: $(tail -n 2 "$R-watch.err" | tr '\n' ' '); $(xen-mem-event status --domain "$D" 2>&1 | tr '\n' ' ')"
 fi
-out=$(xen-mem-event unregister --domain "$D" --type invalidate 2>&1)
+# Only the owner token unregisters; without it 'unregister' takes over first.
+token=$(echo "$out" | sed -n 's/.*"token":\([0-9]*\).*/\1/p')
+out=$(xen-mem-event unregister --domain "$D" --type invalidate --token "$((token + 1))" 2>&1)
+rcs=$?
+out1=$(xen-mem-event unregister --domain "$D" --type invalidate --token "$token" 2>&1)
 rc=$?
 out2=$(xen-mem-event unregister --domain "$D" --type invalidate 2>&1)
 rc2=$?
-if [ $rc = 0 ] && [ $rc2 = 1 ] && echo "$out2" | grep -q 'no SHARING_INVALIDATE ring'; then
-    result unregister PASS "then: $out2"
+if [ -n "$token" ] && [ $rcs = 1 ] && [ $rc = 0 ] && [ $rc2 = 1 ] && echo "$out2" | grep -q 'no SHARING_INVALIDATE ring'; then
+    result unregister PASS "another token: $out; the owner token: $out1; then: $out2"
 else
-    result unregister FAIL "rc=$rc ($out) then rc=$rc2 ($out2)"
+    result unregister FAIL "token '$token'; another token rc=$rcs ($out); owner token rc=$rc ($out1); then rc=$rc2 ($out2)"
 fi
 stop_tool "$P2"
 [ "$STOP_RC" = 0 ] || result pager-exit FAIL "second pager rc=$STOP_RC"
