@@ -24,7 +24,7 @@ XEN_FLAVOUR := release
 endif
 
 .PHONY: all deps xen-src xen xen-debug xen-release xen-libs series-check \
-        check harness-asan bench bench-smoke test run vm-image vm-test vm-bench vm-shell \
+        check harness-asan fuzz fuzz-smoke bench bench-smoke test run vm-image vm-test vm-bench vm-shell \
         clean help
 
 all: xen xen-libs check
@@ -74,6 +74,16 @@ harness-asan: xen-src
 	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="env LD_PRELOAD=$(ASAN_RT)" \
 	$(CARGO) test -p xen-mem-event-harness --locked --target-dir $(BUILD)/target-asan
 
+## The hostile-consumer fuzzer (libFuzzer) over the ring core, FUZZ_S
+## seconds; what it finds is merged into the corpus kept in the repo.
+FUZZ_S ?= 600
+fuzz: xen-src
+	@FUZZ_S=$(FUZZ_S) bash scripts/fuzz.sh
+
+## The fuzzer's corpus, then 30 s of fuzzing (the corpus is left alone).
+fuzz-smoke: xen-src
+	@bash scripts/fuzz.sh --smoke 30
+
 ## Benchmarks (harness tier): one table, every figure from the same run.
 bench: xen-src
 	$(CARGO) run --release --locked -p xen-mem-event-bench --bin xme-bench
@@ -82,7 +92,7 @@ bench: xen-src
 bench-smoke: xen-src
 	$(CARGO) run --locked -p xen-mem-event-bench --bin xme-bench -- --smoke
 
-test: deps series-check xen-release xen-debug xen-libs check harness-asan bench-smoke vm-test
+test: deps series-check xen-release xen-debug xen-libs check harness-asan fuzz-smoke bench-smoke vm-test
 	@echo "make test: all tiers passed"
 
 ## The VM tier: debug Xen (+ ci/xen-test-patches), Debian dom0, test guests.

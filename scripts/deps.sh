@@ -6,6 +6,11 @@ set -euo pipefail
 XEN_DEB_VERSION=${XEN_DEB_VERSION:-4.17.5+72-g01140da4e8-1}
 V=$XEN_DEB_VERSION
 
+# The libFuzzer/sanitizer runtimes for clang-14 (make fuzz, make test's
+# fuzz-smoke), pinned to the version of bookworm's clang-14.
+CLANG_RT_VERSION=${CLANG_RT_VERSION:-1:14.0.6-12}
+CLANG_PINNED=(clang-14 libclang-rt-14-dev)
+
 # Packages pinned to the Xen source version the series is written against.
 PINNED=(libxen-dev libxenmisc4.17 libxencall1 libxendevicemodel1 libxenevtchn1
         libxenforeignmemory1 libxengnttab1 libxenstore4 libxentoolcore1
@@ -45,6 +50,11 @@ missing=()
 for p in "${PINNED[@]}"; do
     have=$(dpkg-query -W -f='${Status} ${Version}' "$p" 2>/dev/null || true)
     [ "$have" = "install ok installed $V" ] || missing+=("$p=$V")
+done
+for p in "${CLANG_PINNED[@]}"; do
+    have=$(dpkg-query -W -f='${Status} ${Version}' "$p" 2>/dev/null || true)
+    [ "$have" = "install ok installed $CLANG_RT_VERSION" ] \
+        || missing+=("$p=$CLANG_RT_VERSION")
 done
 for p in "${PLAIN[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
