@@ -352,6 +352,12 @@ unsafe impl RingMemory for Mapping {
 #[derive(Debug)]
 struct Channel(Arc<HarnessRing>);
 
+impl std::os::fd::AsFd for Channel {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.0.to_consumer.as_fd()
+    }
+}
+
 impl EventChannel for Channel {
     fn notify(&self) -> Result<(), Error> {
         self.0.consumer_kicks.fetch_add(1, Ordering::Relaxed);

@@ -324,3 +324,10 @@ impl Doorbell {
         self.kicks.load(Ordering::Relaxed)
     }
 }
+
+/// Readable while rung and not waited for.
+impl std::os::fd::AsFd for Doorbell {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}

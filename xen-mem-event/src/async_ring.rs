@@ -162,7 +162,7 @@ impl<B: Backend> AsyncRing<B> {
 
     /// Wraps a registered asynchronous ring.  The notification threshold
     /// is the registration's `batch`.
-    pub fn new(mut ring: Ring<B>) -> Result<AsyncRing<B>, Error> {
+    pub fn new(ring: Ring<B>) -> Result<AsyncRing<B>, Error> {
         if ring.event_type().is_sync() {
             return Err(Error::WrongRingType {
                 op: Op::Attach,
@@ -266,6 +266,25 @@ impl<B: Backend> AsyncRing<B> {
         }
     }
 
+    /// For event loops, once the descriptor ([`AsFd`](std::os::fd::AsFd))
+    /// is readable: consumes the pending notification (without blocking),
+    /// then takes the records waiting now, as [`batch`](AsyncRing::batch).
+    /// Dropping the batch re-arms the notification; then call
+    /// [`rearm`](AsyncRing::rearm): records that reached the threshold
+    /// while the batch was handled sent no kick (Xen saw the old event
+    /// index), so `process` again while it returns `true`.
+    pub fn process(&mut self) -> Result<AsyncBatch<'_, B>, Error> {
+        self.ring.wait_event(Some(Duration::ZERO))?;
+        self.batch()
+    }
+
+    /// Publishes `req_event` (`req_cons` + the threshold) and re-checks:
+    /// `true` if the threshold is already reached, in which case no kick
+    /// will come for those records (take them now).
+    pub fn rearm(&mut self) -> Result<bool, Error> {
+        self.arm()
+    }
+
     /// For the tail of a trickle: waits up to `timeout` for the threshold,
     /// then takes whatever is there (possibly nothing).
     pub fn drain_timeout(&mut self, timeout: Duration) -> Result<AsyncBatch<'_, B>, Error> {
@@ -302,6 +321,20 @@ impl<B: Backend> AsyncRing<B> {
             seq_gaps: 0,
             done: false,
         })
+    }
+}
+
+/// The event channel's descriptor: readable while a notification from Xen
+/// is pending; then call [`AsyncRing::process`].
+impl<B: Backend> std::os::fd::AsFd for AsyncRing<B> {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.ring)
+    }
+}
+
+impl<B: Backend> std::os::fd::AsRawFd for AsyncRing<B> {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.ring)
     }
 }
 

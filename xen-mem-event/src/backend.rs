@@ -23,7 +23,10 @@
 //!   once the producer has notified since the last wait (every sync request,
 //!   and each async record for which `mem_event_ring_put_async` returned
 //!   `true`), `false` on timeout; it must not return early otherwise
-//!   (spurious wake-ups are tolerated, but cost a re-check).
+//!   (spurious wake-ups are tolerated, but cost a re-check).  Its
+//!   descriptor (`AsFd`, e.g. an eventfd the producer writes) is readable
+//!   exactly while such a notification is pending, and `wait` with a zero
+//!   timeout consumes it without blocking.
 //! - Every registration gets an owner [`Token`], unique since the backend
 //!   started, returned by `register`.  `unregister` and `resume` must be
 //!   given the token of the ring registered now: any other one (a ring
@@ -38,6 +41,7 @@
 
 use std::fmt;
 use std::num::NonZeroU64;
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 use crate::{Error, EventType, RingInfo};
@@ -173,11 +177,21 @@ pub unsafe trait RingMemory: Send + Sync + std::fmt::Debug {
 }
 
 /// A bound event channel: notify the other end, wait for it.
-pub trait EventChannel: Send + Sync + std::fmt::Debug {
+///
+/// Its descriptor ([`AsFd`]) is readable while a notification from the
+/// other end is pending (not consumed by [`wait`](EventChannel::wait)), so
+/// that a ring can join an event loop (poll, epoll, mio, tokio's `AsyncFd`).
+pub trait EventChannel: AsFd + Send + Sync + std::fmt::Debug {
     /// Kick the other end.
     fn notify(&self) -> Result<(), Error>;
     /// Wait until the other end kicks us or `timeout` passes.  Returns
     /// whether a notification arrived.  Consumes (and unmasks) it.
+    ///
+    /// `Some(Duration::ZERO)` must never block: it consumes a pending
+    /// notification, if any (what an event loop calls once the descriptor
+    /// is readable).  Several threads may wait at once: one of them gets
+    /// the notification, the others keep waiting (never blocking in a
+    /// `read` of a notification someone else took).
     fn wait(&self, timeout: Option<Duration>) -> Result<bool, Error>;
 }
 

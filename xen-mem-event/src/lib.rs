@@ -86,7 +86,7 @@ pub use async_ring::{AsyncBatch, AsyncRing, AsyncRingBuilder, InvalidateReason, 
 pub use backend::{Backend, EventChannel, RegisterParams, Registration, RingMemory, Token};
 pub use error::{BrokenReason, Error, Op};
 pub use ring::{Ring, RingBuilder, Teardown};
-pub use sync::{OomReason, PendingRequest, SyncRequest, SyncRing, SyncRingBuilder};
+pub use sync::{OomReason, PendingRequest, Responder, SyncRequest, SyncRing, SyncRingBuilder};
 pub use xen::XenBackend;
 
 /// A mem-event type: which ring.

@@ -1,7 +1,9 @@
 //! The registration handle: register, map, bind, check, kick; tear down on
 //! drop.
 
-use std::sync::atomic::{fence, Ordering};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::backend::{Backend, EventChannel, RegisterParams, Registration, Token};
@@ -69,9 +71,10 @@ pub struct Ring<B: Backend> {
     reg: Registration,
     params: RegisterParams,
     geo: Geometry,
-    broken: Option<BrokenReason>,
+    /// The first reason the consumer found the ring broken.
+    broken: OnceLock<BrokenReason>,
     /// Teardown has run (by `close`): `Drop` has nothing left to do.
-    torn_down: bool,
+    torn_down: AtomicBool,
     // Field order is drop order: unbind before unmap (after `Drop::drop`
     // has unregistered).
     evtchn: Box<dyn EventChannel>,
@@ -261,8 +264,8 @@ impl<B: Backend> Ring<B> {
                 reg,
                 params,
                 geo,
-                broken: None,
-                torn_down: false,
+                broken: OnceLock::new(),
+                torn_down: AtomicBool::new(false),
                 evtchn,
                 shm,
             }),
@@ -340,7 +343,7 @@ impl<B: Backend> Ring<B> {
     /// Whether the consumer found the ring broken, or Xen flagged it so
     /// (a detached ring is broken too: unusable).
     pub fn is_broken(&self) -> bool {
-        self.broken.is_some() || self.flags() & (F_BROKEN | F_DETACHED) != 0
+        self.broken.get().is_some() || self.flags() & (F_BROKEN | F_DETACHED) != 0
     }
 
     /// Whether Xen tore the ring down (`XEN_MEM_EVENT_RING_F_DETACHED`):
@@ -358,16 +361,15 @@ impl<B: Backend> Ring<B> {
     /// Tears the ring down now (see [Teardown](Ring#teardown)) and reports
     /// what happened, failures included (they are logged as warnings as
     /// well).
-    pub fn close(mut self) -> Teardown {
+    pub fn close(self) -> Teardown {
         self.teardown()
     }
 
     /// Unregisters (once), with the token.
-    pub(crate) fn teardown(&mut self) -> Teardown {
-        if self.torn_down {
+    pub(crate) fn teardown(&self) -> Teardown {
+        if self.torn_down.swap(true, Ordering::AcqRel) {
             return Teardown::default();
         }
-        self.torn_down = true;
         let mut t = Teardown::default();
         match self.backend.unregister(self.domid, self.ty, self.reg.token) {
             Ok(()) => t.unregistered = true,
@@ -396,8 +398,8 @@ impl<B: Backend> Ring<B> {
     }
 
     /// Records `reason` (the first one sticks) and returns the error.
-    pub(crate) fn broken(&mut self, op: Op, reason: BrokenReason) -> Error {
-        let reason = *self.broken.get_or_insert(reason);
+    pub(crate) fn broken(&self, op: Op, reason: BrokenReason) -> Error {
+        let reason = *self.broken.get_or_init(|| reason);
         Error::RingBroken {
             op,
             domid: self.domid,
@@ -407,8 +409,8 @@ impl<B: Backend> Ring<B> {
     }
 
     /// Fails if the ring is (or was found) broken, or is detached.
-    pub(crate) fn check(&mut self, op: Op) -> Result<(), Error> {
-        if let Some(reason) = self.broken {
+    pub(crate) fn check(&self, op: Op) -> Result<(), Error> {
+        if let Some(&reason) = self.broken.get() {
             return Err(self.broken(op, reason));
         }
         let flags = self.flags();
@@ -422,7 +424,7 @@ impl<B: Backend> Ring<B> {
     }
 
     /// `req_prod`, with Acquire, checked against `req_cons`.
-    pub(crate) fn req_prod(&mut self, op: Op, req_cons: u32) -> Result<u32, Error> {
+    pub(crate) fn req_prod(&self, op: Op, req_cons: u32) -> Result<u32, Error> {
         self.check(op)?;
         let prod = self.load_acquire(op, hdr::REQ_PROD)?;
         if !layout::index_plausible(prod, req_cons, self.geo.nr_slots) {
@@ -437,7 +439,7 @@ impl<B: Backend> Ring<B> {
         Ok(prod)
     }
 
-    fn oob(&mut self, op: Op, off: usize) -> Error {
+    fn oob(&self, op: Op, off: usize) -> Error {
         self.broken(
             op,
             BrokenReason::Mapping {
@@ -447,21 +449,21 @@ impl<B: Backend> Ring<B> {
         )
     }
 
-    pub(crate) fn load_acquire(&mut self, op: Op, off: usize) -> Result<u32, Error> {
+    pub(crate) fn load_acquire(&self, op: Op, off: usize) -> Result<u32, Error> {
         match self.shm.load_acquire_u32(off) {
             Some(v) => Ok(v),
             None => Err(self.oob(op, off)),
         }
     }
 
-    pub(crate) fn load_u64(&mut self, op: Op, off: usize) -> Result<u64, Error> {
+    pub(crate) fn load_u64(&self, op: Op, off: usize) -> Result<u64, Error> {
         match self.shm.load_u64(off) {
             Some(v) => Ok(v),
             None => Err(self.oob(op, off)),
         }
     }
 
-    pub(crate) fn store_release(&mut self, op: Op, off: usize, v: u32) -> Result<(), Error> {
+    pub(crate) fn store_release(&self, op: Op, off: usize, v: u32) -> Result<(), Error> {
         match self.shm.store_release_u32(off, v) {
             Some(()) => Ok(()),
             None => Err(self.oob(op, off)),
@@ -470,13 +472,13 @@ impl<B: Backend> Ring<B> {
 
     /// Stores `req_event`, then a full fence, so that a following load of
     /// `req_prod` cannot be ordered before it (the event-index re-check).
-    pub(crate) fn store_event(&mut self, op: Op, v: u32) -> Result<(), Error> {
+    pub(crate) fn store_event(&self, op: Op, v: u32) -> Result<(), Error> {
         self.store_release(op, hdr::REQ_EVENT, v)?;
         fence(Ordering::SeqCst);
         Ok(())
     }
 
-    pub(crate) fn read_req(&mut self, op: Op, idx: u32) -> Result<RecordBytes, Error> {
+    pub(crate) fn read_req(&self, op: Op, idx: u32) -> Result<RecordBytes, Error> {
         let off = layout::slot_offset(self.geo.req_off, idx, self.geo.nr_slots);
         match self.shm.read_record(off) {
             Some(r) => Ok(r),
@@ -484,7 +486,7 @@ impl<B: Backend> Ring<B> {
         }
     }
 
-    pub(crate) fn write_rsp(&mut self, op: Op, idx: u32, rec: &RecordBytes) -> Result<(), Error> {
+    pub(crate) fn write_rsp(&self, op: Op, idx: u32, rec: &RecordBytes) -> Result<(), Error> {
         let off = layout::slot_offset(self.geo.rsp_off, idx, self.geo.nr_slots);
         match self.shm.write_record(off, rec) {
             Some(()) => Ok(()),
@@ -493,10 +495,25 @@ impl<B: Backend> Ring<B> {
     }
 
     /// The consumer-owned indices as found at attach (Xen zeroes them).
-    pub(crate) fn initial_consumer_indices(&mut self) -> Result<(u32, u32), Error> {
+    pub(crate) fn initial_consumer_indices(&self) -> Result<(u32, u32), Error> {
         let req_cons = self.load_acquire(Op::Attach, hdr::REQ_CONS)?;
         let rsp_prod = self.load_acquire(Op::Attach, hdr::RSP_PROD)?;
         Ok((req_cons, rsp_prod))
+    }
+}
+
+/// The event channel's descriptor: readable while a notification from Xen
+/// is pending.  Consume it with [`Ring::wait_event`]`(Some(Duration::ZERO))`
+/// (or the typed consumers' `process`), which never blocks.
+impl<B: Backend> AsFd for Ring<B> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.evtchn.as_fd()
+    }
+}
+
+impl<B: Backend> AsRawFd for Ring<B> {
+    fn as_raw_fd(&self) -> RawFd {
+        self.evtchn.as_fd().as_raw_fd()
     }
 }
 

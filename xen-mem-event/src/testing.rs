@@ -6,6 +6,7 @@
 //! code instead; it can use [`HeapMemory`] as the ring frames.
 
 use std::collections::BTreeMap;
+use std::os::fd::AsFd;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use crate::layout::{
     RECORD_SIZE, SLOTS_PER_FRAME,
 };
 use crate::shm::Shm;
+use crate::xen::poll::{poll_readable, EventFd};
 use crate::{Error, EventType, InvalidateReason, Op, RingInfo, RingState};
 
 /// One frame, frame aligned, zero-initialised, only accessed atomically.
@@ -96,10 +98,20 @@ struct FakeRing {
     consumer_gone: bool,
     kicks_to_consumer: u64,
     kicks_from_consumer: u64,
+    /// The consumer's end of the event channel: readable while
+    /// `kicks_to_consumer` is not zero (or once the ring is torn down).
+    doorbell: Arc<EventFd>,
     info: RingInfo,
 }
 
 impl FakeRing {
+    /// Notifies the consumer (the caller holds the state lock).
+    fn kick_consumer(&mut self) {
+        self.info.notifications += 1;
+        self.kicks_to_consumer += 1;
+        self.doorbell.signal();
+    }
+
     fn paused(&self) -> u32 {
         u32::try_from(self.outstanding.iter().filter(|&&id| id != 0).count()).unwrap_or(u32::MAX)
     }
@@ -135,6 +147,8 @@ impl FakeRing {
         let _ = self
             .shm
             .store_u32(hdr::FLAGS, flags | abi::XEN_MEM_EVENT_RING_F_DETACHED);
+        // Wake the old consumer so that it sees the flag.
+        self.doorbell.signal();
         for slot in 0..self.nr_slots {
             let _ = self.shm.write_record(
                 layout::slot_offset(self.req_off, slot, self.nr_slots),
@@ -334,8 +348,7 @@ impl FakeXen {
             }
         }
         r.push(&req.encode());
-        r.info.notifications += 1;
-        r.kicks_to_consumer += 1;
+        r.kick_consumer();
         self.shared.cond.notify_all();
         Ok(req.id)
     }
@@ -376,8 +389,7 @@ impl FakeXen {
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         let event = r.shm.load_acquire_u32(hdr::REQ_EVENT).unwrap_or(0);
         if event_crossed(old, r.req_prod, event) {
-            r.info.notifications += 1;
-            r.kicks_to_consumer += 1;
+            r.kick_consumer();
             self.shared.cond.notify_all();
         }
         true
@@ -389,6 +401,7 @@ impl FakeXen {
         if let Some(r) = self.lock().rings.get_mut(&(domid, ty)) {
             r.push(&rec);
             r.kicks_to_consumer += 1;
+            r.doorbell.signal();
         }
         self.shared.cond.notify_all();
     }
@@ -499,50 +512,54 @@ impl FakeXen {
     }
 
     /// Waits for a kick to the consumer of the ring registered as `token`
-    /// (the channel of a ring torn down never fires again).
+    /// (the channel of a ring torn down never fires again), on the
+    /// channel's eventfd.
     fn wait_kick(
         &self,
         domid: u16,
         ty: EventType,
         token: Token,
+        doorbell: &EventFd,
         timeout: Option<Duration>,
-    ) -> bool {
+    ) -> Result<bool, Error> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        let mut st = self.lock();
         loop {
-            match st.rings.get_mut(&(domid, ty)) {
-                Some(r) if r.token == token => {
-                    if r.kicks_to_consumer > 0 {
-                        r.kicks_to_consumer = 0;
-                        return true;
+            {
+                let mut st = self.lock();
+                match st.rings.get_mut(&(domid, ty)) {
+                    Some(r) if r.token == token => {
+                        if r.kicks_to_consumer > 0 {
+                            // Counter and eventfd are reset together, under
+                            // the lock the producer kicks under.
+                            r.kicks_to_consumer = 0;
+                            doorbell.drain();
+                            return Ok(true);
+                        }
+                    }
+                    _ => {
+                        doorbell.drain();
+                        return Ok(false);
                     }
                 }
-                _ => return false,
             }
             let left = match deadline {
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
-                        return false;
+                        return Ok(false);
                     }
                     Some(d - now)
                 }
                 None => None,
             };
-            st = match left {
-                Some(left) => {
-                    self.shared
-                        .cond
-                        .wait_timeout(st, left)
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .0
-                }
-                None => self
-                    .shared
-                    .cond
-                    .wait(st)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner),
-            };
+            let ready = poll_readable([doorbell.as_fd()], left).map_err(|e| Error::Os {
+                op: Op::Wait,
+                domid: Some(domid),
+                errno: e.raw_os_error().unwrap_or(libc::EIO),
+            })?;
+            if ready == [false] {
+                return Ok(false);
+            }
         }
     }
 }
@@ -641,6 +658,9 @@ impl Backend for FakeXen {
             consumer_gone: false,
             kicks_to_consumer: 0,
             kicks_from_consumer: 0,
+            doorbell: Arc::new(
+                EventFd::new().map_err(|_| fake_err(Op::Register, domid, ty, libc::EMFILE))?,
+            ),
             info: RingInfo::default(),
         };
         // A takeover tears the old ring down (its vCPUs are released).
@@ -745,6 +765,7 @@ impl Backend for FakeXen {
                 domid,
                 ty,
                 token: r.token,
+                doorbell: Arc::clone(&r.doorbell),
             })),
             _ => Err(fake_err(Op::Bind, domid, ty, libc::EINVAL)),
         }
@@ -760,6 +781,14 @@ struct FakeChannel {
     domid: u16,
     ty: EventType,
     token: Token,
+    /// Shared with the producer's side of the ring.
+    doorbell: Arc<EventFd>,
+}
+
+impl std::os::fd::AsFd for FakeChannel {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.doorbell.as_fd()
+    }
 }
 
 impl EventChannel for FakeChannel {
@@ -776,7 +805,8 @@ impl EventChannel for FakeChannel {
     }
 
     fn wait(&self, timeout: Option<Duration>) -> Result<bool, Error> {
-        Ok(self.xen.wait_kick(self.domid, self.ty, self.token, timeout))
+        self.xen
+            .wait_kick(self.domid, self.ty, self.token, &self.doorbell, timeout)
     }
 }
 

@@ -234,6 +234,9 @@ impl Drop for ResourceMapping {
 pub(crate) struct BoundEvtchn {
     h: NonNull<libs::xenevtchn_handle>,
     local_port: u32,
+    /// The handle's descriptor (`xenevtchn_fd`), non-blocking: open as
+    /// long as the handle.
+    fd: libc::c_int,
 }
 
 // SAFETY: every operation is a read/write/ioctl on the handle's fd, safe
@@ -251,15 +254,33 @@ impl BoundEvtchn {
         // SAFETY: the handle is open.
         let rc = unsafe { libs::xenevtchn_bind_interdomain(h.as_ptr(), domid.into(), remote_port) };
         let bound = u32::try_from(rc);
-        match bound {
-            Ok(local_port) => Ok(BoundEvtchn { h, local_port }),
+        let local_port = match bound {
+            Ok(local_port) => local_port,
             Err(_) => {
                 let e = errno();
                 // SAFETY: the handle is open and not used after this.
                 unsafe { libs::xenevtchn_close(h.as_ptr()) };
-                Err(e)
+                return Err(e);
             }
+        };
+        // From here on, dropping `ch` unbinds and closes.
+        let mut ch = BoundEvtchn {
+            h,
+            local_port,
+            fd: -1,
+        };
+        // SAFETY: the handle is open.
+        let fd = unsafe { libs::xenevtchn_fd(ch.h.as_ptr()) };
+        if fd < 0 {
+            return Err(errno());
         }
+        ch.fd = fd;
+        // Non-blocking, so that a waiter whose notification another waiter
+        // (or an event loop) consumed first gets EAGAIN instead of
+        // blocking in `read`.
+        super::poll::set_nonblocking(std::os::fd::AsFd::as_fd(&ch))
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+        Ok(ch)
     }
 
     pub(crate) fn notify(&self) -> Result<(), i32> {
@@ -273,15 +294,13 @@ impl BoundEvtchn {
     }
 
     /// Waits (poll) for the port to fire, then consumes and unmasks it.
+    /// `Some(Duration::ZERO)` never blocks: it consumes a notification
+    /// that is there, if any.
     pub(crate) fn wait(&self, timeout: Option<Duration>) -> Result<bool, i32> {
-        // SAFETY: the handle is open.
-        let fd = unsafe { libs::xenevtchn_fd(self.h.as_ptr()) };
-        if fd < 0 {
-            return Err(errno());
-        }
+        let fd = self.fd;
         // A timeout too long to represent waits for ever.
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        loop {
+        let port = loop {
             let ms: libc::c_int = match deadline {
                 None => -1,
                 Some(d) => {
@@ -308,19 +327,41 @@ impl BoundEvtchn {
             if rc == 0 {
                 return Ok(false);
             }
-            break;
-        }
-        // SAFETY: the handle is open; poll said a port is pending, so this
-        // does not block.
-        let port = unsafe { libs::xenevtchn_pending(self.h.as_ptr()) };
-        let Ok(port) = u32::try_from(port) else {
-            return Err(errno());
+            // SAFETY: the handle is open; its descriptor is non-blocking,
+            // so this never blocks.
+            let port = unsafe { libs::xenevtchn_pending(self.h.as_ptr()) };
+            let port = match u32::try_from(port) {
+                Ok(port) => port,
+                Err(_) => {
+                    let e = errno();
+                    if e != libc::EAGAIN && e != libc::EWOULDBLOCK {
+                        return Err(e);
+                    }
+                    // Another waiter took it first: wait again, if time is
+                    // left.
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Ok(false);
+                    }
+                    continue;
+                }
+            };
+            break port;
         };
         // SAFETY: the handle is open; `port` was just reported on it.
         if unsafe { libs::xenevtchn_unmask(self.h.as_ptr(), port) } < 0 {
             return Err(errno());
         }
         Ok(true)
+    }
+}
+
+impl std::os::fd::AsFd for BoundEvtchn {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        // SAFETY: `fd` is the descriptor of the handle, set by `bind` to a
+        // non-negative value before any `BoundEvtchn` is handed out, and
+        // closed only by `xenevtchn_close` in `Drop`, after every borrow
+        // of `self` has ended.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The real hypervisor: [`XenBackend`].
 
 pub(crate) mod ffi;
+pub(crate) mod poll;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -218,6 +219,12 @@ impl EventChannel for XenEventChannel {
             domid: Some(self.domid),
             errno,
         })
+    }
+}
+
+impl std::os::fd::AsFd for XenEventChannel {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.ch.as_fd()
     }
 }
 
