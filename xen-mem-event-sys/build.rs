@@ -360,6 +360,11 @@ fn generate_libs(
         .allowlist_function("xc_domain_(getinfo|getinfolist|setmaxmem|pause|unpause|shutdown)")
         .allowlist_type("xc_dominfo_t|xc_domaininfo_t")
         .allowlist_type("xc_open_flags")
+        // libxenctrl: memory sharing (the sharing daemon, xen::memshr).
+        .allowlist_function(
+            "xc_memshr_(control|nominate_gfn|share_gfns)|xc_sharing_(freed_pages|used_frames)",
+        )
+        .allowlist_function("xc_domain_maximum_gpfn")
         // libxenevtchn
         .allowlist_function(
             "xenevtchn_(open|close|fd|bind_interdomain|unbind|notify|pending|unmask)",
@@ -367,7 +372,7 @@ fn generate_libs(
         .allowlist_type("xenevtchn_port_or_error_t")
         .allowlist_var("XENEVTCHN_NO_CLOEXEC")
         // libxenforeignmemory
-        .allowlist_function("xenforeignmemory_(open|close|map_resource|unmap_resource)")
+        .allowlist_function("xenforeignmemory_(open|close|map|unmap|map_resource|unmap_resource)")
         // libxencall: the domctl goes through here (see the crate docs).
         .allowlist_function("xencall_(open|close|alloc_buffer|free_buffer)")
         .allowlist_function("xencall[0-5]")

@@ -8,6 +8,11 @@ use crate::backend::{Backend, HostCounters, OpError, PageSource, MAX_BATCH};
 use crate::table::{Observed, Table};
 use crate::{page_key, DomId, Gfn, GfnRef, Handle, InvalidateBatch, Page, Stats, ZERO_KEY};
 
+/// A gfn that cannot be read costs a pass's budget this fraction of a
+/// page: mapping a hole is cheap, and a PVH guest's gfn space is mostly
+/// holes.
+pub const HOLE_COST_DIV: u64 = 64;
+
 /// How the daemon scans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Config {
@@ -184,8 +189,9 @@ impl Daemon {
 
     /// One pass: up to [`Config::pages_per_pass`] pages, a batch from each
     /// domain in turn, stopping early when a full scan completes (a pass
-    /// never reads a page twice); then Xen's counters.  Returns the pages
-    /// scanned.
+    /// never reads a page twice); then Xen's counters.  A gfn that cannot
+    /// be read (a hole: most of a PVH guest's gfn space) costs the budget
+    /// 1/[`HOLE_COST_DIV`] of a page.  Returns the budget used.
     pub fn pass<B: Backend + ?Sized>(&mut self, xen: &mut B) -> u64 {
         let (mut budget, mut scanned, mut idle) = (self.cfg.pages_per_pass, 0, 0);
         let full_scans = self.stats.full_scans;
@@ -214,7 +220,7 @@ impl Daemon {
         Some(d)
     }
 
-    /// Scans the next batch of `domid`; returns the gfns covered.
+    /// Scans the next batch of `domid`; returns the budget it cost.
     fn scan_some<B: Backend + ?Sized>(&mut self, xen: &mut B, domid: DomId, budget: u64) -> u64 {
         let Some(count) = self.domain_count(xen, domid) else {
             return 0;
@@ -224,9 +230,11 @@ impl Daemon {
         };
         let room = count.saturating_sub(s.cursor);
         let n = room.min(budget).min(self.cfg.batch as u64);
+        let mut cost = 0;
         if n > 0 {
             let gfns: Vec<Gfn> = (s.cursor..s.cursor + n).collect();
-            self.scan_batch(xen, domid, &gfns);
+            let (read, errors) = self.scan_batch(xen, domid, &gfns);
+            cost = (read + errors.div_ceil(HOLE_COST_DIV)).max(1);
         }
         if let Some(s) = self.doms.get_mut(&domid) {
             s.cursor += n;
@@ -234,7 +242,7 @@ impl Daemon {
                 self.wrap(domid);
             }
         }
-        n
+        cost
     }
 
     fn domain_count<B: Backend + ?Sized>(&mut self, xen: &mut B, domid: DomId) -> Option<u64> {
@@ -274,7 +282,13 @@ impl Daemon {
         }
     }
 
-    fn scan_batch<B: Backend + ?Sized>(&mut self, xen: &mut B, domid: DomId, gfns: &[Gfn]) {
+    /// Reads and observes a batch; returns (pages read, gfns not read).
+    fn scan_batch<B: Backend + ?Sized>(
+        &mut self,
+        xen: &mut B,
+        domid: DomId,
+        gfns: &[Gfn],
+    ) -> (u64, u64) {
         let mut keys = std::mem::take(&mut self.keys);
         let mut bad = std::mem::take(&mut self.bad);
         keys.clear();
@@ -283,6 +297,10 @@ impl Daemon {
             Ok(p) => keys.push((gfn, page_key(p))),
             Err(_) => bad.push(gfn),
         });
+        let counts = match read {
+            Ok(()) => (keys.len() as u64, bad.len() as u64),
+            Err(_) => (0, gfns.len() as u64),
+        };
         match read {
             Ok(()) => {
                 self.stats.pages_scanned += keys.len() as u64;
@@ -302,6 +320,7 @@ impl Daemon {
         }
         self.keys = keys;
         self.bad = bad;
+        counts
     }
 
     fn observe<B: Backend + ?Sized>(&mut self, xen: &mut B, page: GfnRef, key: u64) {

@@ -47,9 +47,10 @@ pub mod model;
 mod record;
 mod stats;
 mod table;
+pub mod xen;
 
 pub use backend::{Backend, HostCounters, OpError, PageSource, Sharing, MAX_BATCH};
-pub use daemon::{Config, Daemon};
+pub use daemon::{Config, Daemon, HOLE_COST_DIV};
 pub use hash::{is_zero, page_key, ZERO_KEY};
 pub use record::{InvalidateBatch, InvalidateRecord, Reason};
 pub use stats::Stats;

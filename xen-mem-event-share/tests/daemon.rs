@@ -181,6 +181,32 @@ fn holes_are_read_errors_not_failures() {
     assert_eq!((s.read_errors, s.pages_scanned, s.host_saved), (1, 7, 6));
 }
 
+/// A PVH guest's gfn space is mostly holes (its special pages sit just
+/// below 4 GiB): a gfn that cannot be read costs a pass a 64th of a page,
+/// so a full scan takes passes in proportion to the pages, not the holes.
+#[test]
+fn holes_cost_a_pass_little() {
+    let mut host = Host::new(64);
+    host.domain(1, 4096, |g| u64::from(g >= 64));
+    for g in 64..4096 {
+        host.punch(p(1, g));
+    }
+    let mut d = Daemon::new(Config {
+        batch: 64,
+        pages_per_pass: 256,
+        ..Config::default()
+    });
+    d.add_domain(1);
+    let cost = d.pass(&mut host.xen);
+    let s = assert_sane(&mut host, &d);
+    assert_eq!(
+        (s.full_scans, s.pages_scanned, s.read_errors),
+        (1, 64, 4032)
+    );
+    assert_eq!(cost, 64 + 4032 / 64);
+    assert_eq!(s.host_saved, 63);
+}
+
 #[test]
 fn without_invalidations_a_stale_handle_is_found_by_a_failed_share() {
     for invalidate in [true, false] {

@@ -29,9 +29,13 @@
 //!   - libxenctrl: `xc_interface_open`/`close`, `xc_domain_getinfo`,
 //!     `xc_domain_getinfolist` (`xc_dominfo_t`, `xc_domaininfo_t`),
 //!     `xc_domain_setmaxmem`, `xc_domain_pause`/`unpause`, `XC_OPENFLAG_*`;
+//!     memory sharing for the sharing daemon: `xc_memshr_control`,
+//!     `xc_memshr_nominate_gfn`, `xc_memshr_share_gfns`,
+//!     `xc_sharing_freed_pages`, `xc_sharing_used_frames`,
+//!     `xc_domain_maximum_gpfn`;
 //!   - libxenevtchn: `xenevtchn_open`/`close`/`fd`/`bind_interdomain`/
 //!     `unbind`/`notify`/`pending`/`unmask`;
-//!   - libxenforeignmemory: `xenforeignmemory_open`/`close`/
+//!   - libxenforeignmemory: `xenforeignmemory_open`/`close`/`map`/`unmap`/
 //!     `map_resource`/`unmap_resource`;
 //!   - libxencall: `xencall_open`/`close`, `xencall_alloc_buffer`/
 //!     `free_buffer`, `xencall0` .. `xencall5` (the hypercall number is an

@@ -87,6 +87,7 @@ pub use backend::{Backend, EventChannel, RegisterParams, Registration, RingMemor
 pub use error::{BrokenReason, Error, Op};
 pub use ring::{Ring, RingBuilder, Teardown};
 pub use sync::{OomReason, PendingRequest, Responder, SyncRequest, SyncRing, SyncRingBuilder};
+pub use xen::memshr::{EachPage, Errno, MemShr, ShareSide, MAX_MAP, PAGE_SIZE};
 pub use xen::XenBackend;
 
 /// A mem-event type: which ring.

@@ -1,6 +1,7 @@
 //! The real hypervisor: [`XenBackend`].
 
 pub(crate) mod ffi;
+pub(crate) mod memshr;
 pub(crate) mod poll;
 
 use std::path::Path;
