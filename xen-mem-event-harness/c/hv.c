@@ -142,6 +142,20 @@ int hv_ring_put_async(struct hv_ring *r, uint64_t handle, uint64_t gfn,
     return notify;
 }
 
+/* mem_event_sharing_invalidate_batch(): returns whether to notify. */
+int hv_ring_put_async_batch(struct hv_ring *r,
+                            const struct xen_mem_event_async_rec *recs,
+                            unsigned int nr)
+{
+    bool notify;
+
+    pthread_mutex_lock(&r->lock);
+    notify = mem_event_ring_put_async_batch(&r->core, recs, nr);
+    pthread_mutex_unlock(&r->lock);
+
+    return notify;
+}
+
 /*
  * ring_resume(): what the event channel notification does.  Unpaused vCPU
  * ids (answered, then unparked) go to @unpaused (room for @max), their

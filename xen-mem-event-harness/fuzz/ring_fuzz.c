@@ -8,7 +8,9 @@
  * token) and a sequence of operations.  Producer operations are what
  * xen/common/mem_event.c does around the core, under its lock: a vCPU's
  * fault or a foreign access (put_sync, pausing the vCPU on 0 and -EAGAIN),
- * an async record (put_async), the consumer's notification (update_cons,
+ * an async record (put_async) or a batch of them (put_async_batch: one
+ * publication, req_cons validated against what was published before it),
+ * the consumer's notification (update_cons,
  * the response loop bounded by nr_slots, the unpark loop), GET_INFO
  * (update_cons), teardown (detach, cancel every vCPU).  Consumer operations
  * write what a consumer can write: req_cons, req_event, rsp_prod, response
@@ -100,6 +102,8 @@ static struct {
 
     /* Xen's side as the model sees it. */
     uint32_t prod;              /* requests/records posted */
+    uint32_t *published;        /* set while a batch is being posted: the
+                                 * req_prod the consumer can have seen */
     uint32_t cons;              /* last req_cons Xen accepted */
     uint32_t rsp_cons;
     uint32_t flags;
@@ -294,9 +298,11 @@ static void check_state(void)
 /* A valid index changes the model's req_cons; an impossible one breaks. */
 static bool model_read_cons(uint32_t seen)
 {
+    uint32_t prod = m.published ? *m.published : m.prod;
+
     if ( m.broken || m.detached )
         return false;
-    if ( (uint32_t)(seen - m.cons) > (uint32_t)(m.prod - m.cons) )
+    if ( (uint32_t)(seen - m.cons) > (uint32_t)(prod - m.cons) )
     {
         m.broken = true;
         m.flags |= XEN_MEM_EVENT_RING_F_BROKEN;
@@ -427,40 +433,96 @@ static void op_put_sync(unsigned int v, bool foreign, uint64_t gfn)
     m.notifications++;
 }
 
+/*
+ * May an async record be posted at the model's producer index @prod?  Xen
+ * reads (and validates) req_cons only when its cached value says the ring
+ * is full.
+ */
+static bool model_async_slot(uint32_t prod, uint32_t seen)
+{
+    if ( m.sync || m.broken || m.detached )
+        return false;
+    if ( prod - m.cons < m.nr_slots )
+        return true;
+    return model_read_cons(seen) && prod - m.cons < m.nr_slots;
+}
+
+/*
+ * Account for records posted from @old to m.prod: the consumer is kicked
+ * when req_prod moved from below req_event to req_event or beyond.
+ */
+static void model_check_notify(bool notify, uint32_t old, uint32_t event,
+                               const char *what)
+{
+    bool want = (uint32_t)(m.prod - event) < (uint32_t)(m.prod - old);
+
+    if ( want )
+        m.notifications++;
+    CHECK(notify == want, "%s: notify %d, expected %d (req_prod %u -> %u, "
+          "req_event %u)", what, notify, want, old, m.prod, event);
+}
+
+/* The model's side of posting @rec (its seq is set here). */
+static void model_post(struct xen_mem_event_async_rec *rec, uint32_t seen)
+{
+    rec->seq = m.attempts++;
+    if ( model_async_slot(m.prod, seen) )
+        /* The record's seq is the number of records attempted before it. */
+        model_push(rec);
+    else
+        model_lost();
+}
+
 /* mem_event_sharing_invalidate(). */
 static void op_put_async(uint64_t handle, uint64_t gfn, uint16_t reason,
                          uint32_t flags)
 {
     uint32_t seen = shared_req_cons(), event = shared_req_event();
+    uint32_t old = m.prod;
     struct xen_mem_event_async_rec rec = {
-        .seq = m.attempts,
         .handle = handle,
         .gfn = gfn,
         .domid = m.domid,
         .reason = reason,
         .flags = flags,
     };
-    bool notify, posted, want_notify = false;
+    bool notify;
 
     notify = mem_event_ring_put_async(&m.core, handle, gfn, m.domid, reason,
                                       flags);
-    m.attempts++;
-    posted = model_read_cons(seen) && m.prod - m.cons != m.nr_slots;
+    model_post(&rec, seen);
     TRACE("op %u: put_async seq %lu: %s, notify %d\n", m.op,
-          (unsigned long)rec.seq, posted ? "posted" : "lost", notify);
-    if ( !posted )
-        model_lost();
-    else
-    {
-        /* The record's seq is the number of records attempted before it. */
-        model_push(&rec);
-        /* req_prod moved from below req_event to req_event. */
-        want_notify = event == m.prod;
-        if ( want_notify )
-            m.notifications++;
-    }
-    CHECK(notify == want_notify, "put_async: notify %d, expected %d "
-          "(req_prod %u, req_event %u)", notify, want_notify, m.prod, event);
+          (unsigned long)rec.seq, m.prod != old ? "posted" : "lost", notify);
+    model_check_notify(notify, old, event, "put_async");
+}
+
+/* mem_event_sharing_invalidate_batch() of @n records. */
+static void op_put_async_batch(unsigned int n)
+{
+    struct xen_mem_event_async_rec recs[128];
+    uint32_t seen = shared_req_cons(), event = shared_req_event();
+    uint32_t old = m.prod;
+    unsigned int i;
+    bool notify;
+
+    for ( i = 0; i < n; i++ )
+        recs[i] = (struct xen_mem_event_async_rec){
+            .seq = u64(),          /* ignored: the ring assigns it */
+            .handle = 0x1000 + i,
+            .gfn = i,
+            .domid = m.domid,
+            .reason = 1 + (i & 1),
+            .flags = i & 1,
+        };
+    notify = mem_event_ring_put_async_batch(&m.core, recs, n);
+    /* req_cons is validated against what was published before the batch. */
+    m.published = &old;
+    for ( i = 0; i < n; i++ )
+        model_post(&recs[i], seen);
+    m.published = NULL;
+    TRACE("op %u: put_async_batch of %u: %u posted, notify %d\n", m.op, n,
+          m.prod - old, notify);
+    model_check_notify(notify, old, event, "put_async_batch");
 }
 
 /* Does the response in slot @i unpause a vCPU (which)? */
@@ -1022,6 +1084,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if ( m.sync )
                 for ( v = 0; v < m.max_vcpus; v++ )
                     op_put_sync(v, (n & 1) && v % 2, v);
+            else if ( n & 0x80 )
+                op_put_async_batch(n & 0x7f);
             else
                 for ( i = 0; i < n; i++ )
                     op_put_async(i, i, 2, 0);

@@ -25,6 +25,19 @@ pub struct HvStats {
     pub detached: u32,
 }
 
+/// `struct xen_mem_event_async_rec` (the input of a batched post; `seq` is
+/// assigned by the ring).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AsyncRec {
+    pub seq: u64,
+    pub handle: u64,
+    pub gfn: u64,
+    pub domid: u16,
+    pub reason: u16,
+    pub flags: u32,
+}
+
 extern "C" {
     pub fn hv_sanitized() -> c_int;
     pub fn hv_total_frames(ty: c_uint, nr_frames: c_uint) -> c_uint;
@@ -57,6 +70,7 @@ extern "C" {
         reason: u16,
         flags: u32,
     ) -> c_int;
+    pub fn hv_ring_put_async_batch(r: *mut HvRingC, recs: *const AsyncRec, nr: c_uint) -> c_int;
     pub fn hv_ring_resume(r: *mut HvRingC, unpaused: *mut c_uint, max: c_uint) -> c_int;
     pub fn hv_ring_teardown(r: *mut HvRingC) -> c_uint;
     pub fn hv_vcpu_pause_count(r: *mut HvRingC, vcpu: c_uint) -> c_uint;

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use backend::{HarnessBackend, HarnessRing};
+pub use ffi::AsyncRec;
 pub use ffi::HvStats as Stats;
 
 /// Event type numbers of `public/mem_event.h`.
@@ -199,6 +200,15 @@ impl HvRing {
         unsafe {
             ffi::hv_ring_put_async(self.ring.as_ptr(), handle, gfn, domid, reason, flags) != 0
         }
+    }
+
+    /// Post a batch of invalidate records at once (`seq` of each is ignored
+    /// and assigned by the ring): one publication, at most one
+    /// notification.  Returns whether Xen would notify.
+    pub fn put_invalidate_batch(&self, recs: &[AsyncRec]) -> bool {
+        let nr = u32::try_from(recs.len()).unwrap_or(u32::MAX);
+        // SAFETY: `self.ring` is live and `recs` has at least `nr` records.
+        unsafe { ffi::hv_ring_put_async_batch(self.ring.as_ptr(), recs.as_ptr(), nr) != 0 }
     }
 
     /// What the event channel notification from the consumer does: process

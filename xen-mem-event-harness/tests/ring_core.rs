@@ -7,7 +7,9 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use xen_mem_event_harness::{total_frames, HvRing, Owner, SHARING_INVALIDATE, SHARING_OOM};
+use xen_mem_event_harness::{
+    total_frames, AsyncRec, HvRing, Owner, SHARING_INVALIDATE, SHARING_OOM,
+};
 
 const REQ_PROD: usize = 64;
 const FLAGS: usize = 68;
@@ -334,6 +336,42 @@ fn one_notification_per_batch() {
     }
 }
 
+/// A batched post: one publication and at most one notification for the
+/// whole batch; what does not fit is lost, its sequence numbers used up.
+#[test]
+fn a_batch_is_published_once_and_loses_exactly_what_does_not_fit() {
+    let r = HvRing::new(SHARING_INVALIDATE, 1, 1, 1, 1).unwrap();
+    let raw = Raw { ring: &r };
+    let rec = |i: u64| AsyncRec {
+        handle: 0x100 + i,
+        gfn: i,
+        domid: 1,
+        reason: 1,
+        flags: 1,
+        ..AsyncRec::default()
+    };
+    let batch: Vec<AsyncRec> = (0..100).map(rec).collect();
+    assert!(
+        r.put_invalidate_batch(&batch),
+        "req_event 1 crossed: one kick"
+    );
+    assert_eq!(r.stats().notifications, 1);
+    raw.set(REQ_EVENT, 1000);
+    // 28 slots left: 28 posted, 72 lost.
+    assert!(!r.put_invalidate_batch(&batch));
+    let s = r.stats();
+    assert_eq!((s.produced, s.lost, s.notifications), (128, 72, 1));
+    let recs = raw.take();
+    let seqs: Vec<u64> = recs.iter().map(|q| q[0]).collect();
+    assert_eq!(seqs, (0..128).collect::<Vec<u64>>());
+    assert_eq!((recs[127][1], recs[127][2]), (0x100 + 27, 27));
+    // After the gap, the next record's seq says exactly how many were lost.
+    raw.set(REQ_EVENT, r.stats().req_prod.wrapping_add(1));
+    assert!(r.put_invalidate_batch(&batch[..1]));
+    assert_eq!(raw.take()[0][0], 200, "seq 128..199 lost, this is 200");
+    assert_eq!(raw.get(LOST), 72);
+}
+
 #[test]
 fn corrupt_consumer_indices_break_the_ring_safely() {
     // req_cons beyond req_prod.
@@ -341,6 +379,8 @@ fn corrupt_consumer_indices_break_the_ring_safely() {
     let raw = Raw { ring: &r };
     r.put_invalidate(1, 1, 1, 2, 0);
     raw.set(REQ_CONS, 5);
+    // The producer reads req_cons only when the ring looks full; the next
+    // read (here GET_INFO's, as a notification's would) finds it impossible.
     assert!(!r.put_invalidate(2, 2, 1, 2, 0));
     assert_eq!(r.stats().broken, 1);
     assert_eq!(raw.get(FLAGS) & 1, 1, "BROKEN flag in the shared header");
@@ -348,7 +388,20 @@ fn corrupt_consumer_indices_break_the_ring_safely() {
         assert!(!r.put_invalidate(i, i, 1, 2, 0));
     }
     let s = r.stats();
-    assert_eq!((s.produced, s.lost), (1, 11));
+    assert_eq!((s.produced, s.lost), (2, 10));
+
+    // An impossible req_cons found when the ring looks full breaks it too,
+    // and nothing is written over unconsumed records.
+    let r = HvRing::new(SHARING_INVALIDATE, 1, 1, 1, 1).unwrap();
+    let raw = Raw { ring: &r };
+    for i in 0..128 {
+        r.put_invalidate(i, i, 1, 2, 0);
+    }
+    raw.set(REQ_CONS, 0x8000_0000);
+    assert!(!r.put_invalidate(200, 200, 1, 2, 0));
+    let s = r.stats();
+    assert_eq!((s.produced, s.lost, s.broken), (128, 1, 1));
+    assert_eq!(raw.record(4096, 0)[1], 0, "slot 0 still holds record 0");
 
     // req_cons moving backwards.
     let r = HvRing::new(SHARING_INVALIDATE, 1, 1, 1, 1).unwrap();
@@ -359,7 +412,7 @@ fn corrupt_consumer_indices_break_the_ring_safely() {
     raw.take();
     r.resume();
     raw.set(REQ_CONS, 2);
-    r.put_invalidate(9, 9, 1, 2, 0);
+    r.resume();
     assert_eq!(r.stats().broken, 1);
 
     // rsp_prod more than a ring ahead, and req_cons garbage, on a sync ring.
