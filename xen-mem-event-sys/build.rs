@@ -358,6 +358,8 @@ fn generate_libs(
         // libxenctrl: just enough to find and size a domain.
         .allowlist_function("xc_interface_(open|close)")
         .allowlist_function("xc_domain_(getinfo|getinfolist|setmaxmem|pause|unpause|shutdown)")
+        // The pager's --reserve: the host's free memory.
+        .allowlist_function("xc_physinfo")
         .allowlist_type("xc_dominfo_t|xc_domaininfo_t")
         .allowlist_type("xc_open_flags")
         // libxenctrl: memory sharing (the sharing daemon, xen::memshr).

@@ -5,6 +5,7 @@
 use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
@@ -16,7 +17,7 @@ use xen_mem_event::{
 };
 use xen_mem_event_tools::output::{Format, Out};
 use xen_mem_event_tools::pager::{
-    self, CommandPolicy, MaxMemStep, MemControl, OnFailure, PagerOpts, Policy,
+    self, CommandPolicy, Fallback, MaxMemStep, MemControl, OnFailure, PagerEvent, PagerOpts, Policy,
 };
 use xen_mem_event_tools::stop::Stop;
 use xen_mem_event_tools::{secs, status, watch, ToolError};
@@ -173,6 +174,16 @@ struct PagerArgs {
     /// Exit after answering this many events.
     #[arg(long, default_value_t = 0)]
     count: u64,
+    /// Worker threads running the policy: requests are handled
+    /// independently, so a slow policy for one vCPU never delays another.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    workers: u16,
+    /// Raise the allowance only while Xen's free memory stays above this
+    /// many MiB; below, the request waits (retried with backoff, the vCPU
+    /// stays paused), or, with --exec, goes to the command (the allowance
+    /// is then raised by the default step and limit first).
+    #[arg(long, value_name = "MiB")]
+    reserve: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -374,31 +385,36 @@ impl MemControl for XenMem {
     fn crash(&self, domid: u16) -> Result<(), String> {
         self.0.crash(domid).map_err(|e| e.to_string())
     }
+    fn host_free_kib(&self) -> Result<u64, String> {
+        self.0.host_free_kib().map_err(|e| e.to_string())
+    }
 }
 
 fn cmd_pager<W: io::Write>(a: PagerArgs, out: &mut Out<W>) -> Result<(), ToolError> {
-    let xen = XenBackend::open()?;
+    let xen = Arc::new(XenBackend::open()?);
     let domid = resolve(&a.domain)?;
     let mem = XenMem(Domains::open()?);
-    let mut policy: Box<dyn Policy> = match a.exec {
-        Some(prog) => Box::new(CommandPolicy::new(
-            std::iter::once(prog).chain(a.exec_args).collect(),
-        )),
-        None => {
+    let command = a
+        .exec
+        .map(|prog| CommandPolicy::new(std::iter::once(prog).chain(a.exec_args).collect()));
+    let policy: Arc<dyn Policy> = match (command, a.reserve) {
+        (Some(cmd), None) => Arc::new(cmd),
+        (command, reserve) => {
             let start = mem.max_mem_kib(domid).map_err(ToolError::Other)?;
             let limit = a.limit.unwrap_or(start + 256 * 1024);
-            Box::new(MaxMemStep::new(XenMem(Domains::open()?), a.step, limit))
+            let step = MaxMemStep::new(XenMem(Domains::open()?), a.step, limit)
+                .reserve(reserve.unwrap_or(0).saturating_mul(1024));
+            match command {
+                Some(cmd) => Arc::new(Fallback(step, cmd)),
+                None => Arc::new(step),
+            }
         }
     };
     let stop = Stop::install()?;
-    let mut ring = SyncRing::builder(&xen, domid)
+    let mut ring = SyncRing::builder(Arc::clone(&xen), domid)
         .frames(a.frames)
         .takeover(a.takeover)
         .register()?;
-    out.note(&format!(
-        "d{domid} SHARING_OOM: attached ({} slots); Ctrl-C to detach",
-        ring.ring().nr_slots()
-    ))?;
     let opts = PagerOpts {
         on_failure: match a.on_failure {
             FailureArg::Retry => OnFailure::Retry,
@@ -406,20 +422,19 @@ fn cmd_pager<W: io::Write>(a: PagerArgs, out: &mut Out<W>) -> Result<(), ToolErr
             FailureArg::Crash => OnFailure::Crash,
         },
         max_events: a.count,
+        workers: a.workers.into(),
         ..PagerOpts::default()
     };
-    let (ended, s) = pager::run(&mut ring, policy.as_mut(), &mem, &opts, &stop, out)?;
+    if out.format() == Format::Human {
+        out.event(&PagerEvent::Attached {
+            domid,
+            slots: ring.ring().nr_slots(),
+            workers: opts.workers,
+        })?;
+    }
+    let (ended, s) = pager::run(&mut ring, policy, &mem, &opts, &stop, out)?;
     let teardown = ring.close();
-    let why = ended.as_str();
-    out.emit(
-        &format!(
-            "d{domid} pager {why}: {} events, {} answered, {} foreign, {} policy failures, {} answered without memory, {} released at exit, longest pause {:.1} ms",
-            s.events, s.answered, s.foreign, s.failures, s.resumed, s.released_at_exit, s.max_wait.as_secs_f64() * 1e3
-        ),
-        json!({"kind": "summary", "domid": domid, "ended": why, "events": s.events, "answered": s.answered,
-               "foreign": s.foreign, "failures": s.failures, "resumed": s.resumed,
-               "released_at_exit": s.released_at_exit, "max_pause_ms": s.max_wait.as_secs_f64() * 1e3}),
-    )?;
+    out.event(&s.event(domid, &ended))?;
     if let pager::Ended::Detached(d) = ended {
         return Err(ToolError::Other(d.to_string()));
     }

@@ -3,9 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -22,14 +21,22 @@ use xen_mem_event_tools::{status, watch};
 
 const DOM: u16 = 7;
 
-/// A domain allowance in memory.
+/// A domain allowance in memory, and the host's free memory.
 #[derive(Debug, Default)]
 struct FakeMem {
     kib: AtomicU64,
     crashed: Mutex<Vec<u16>>,
+    /// 0: unlimited.
+    host_free: AtomicU64,
 }
 
-impl MemControl for &FakeMem {
+impl MemControl for FakeMem {
+    fn host_free_kib(&self) -> Result<u64, String> {
+        match self.host_free.load(Ordering::SeqCst) {
+            0 => Ok(u64::MAX),
+            kib => Ok(kib),
+        }
+    }
     fn max_mem_kib(&self, _: u16) -> Result<u64, String> {
         Ok(self.kib.load(Ordering::SeqCst))
     }
@@ -70,18 +77,17 @@ fn pager_frees_memory_then_answers_each_event() {
         hv.raise_oom(v, 0x1000 * u64::from(v + 1)).unwrap();
     }
     hv.raise_foreign(0, 0x9000).unwrap();
-    let mem = FakeMem {
+    let mem = Arc::new(FakeMem {
         kib: AtomicU64::new(131_072),
         ..FakeMem::default()
-    };
-    let mut policy = MaxMemStep::new(&mem, 1024, 1 << 20);
+    });
+    let policy = Arc::new(MaxMemStep::new(Arc::clone(&mem), 1024, 1 << 20));
     let mut out = Out::new(Vec::new(), Format::Json);
     let o = PagerOpts {
         max_events: 4,
         ..opts()
     };
-    let (ended, sum) =
-        pager::run(&mut ring, &mut policy, &&mem, &o, &Stop::new(), &mut out).unwrap();
+    let (ended, sum) = pager::run(&mut ring, policy, &mem, &o, &Stop::new(), &mut out).unwrap();
     assert_eq!(ended, Ended::Done);
     assert_eq!(
         (sum.events, sum.answered, sum.foreign, sum.failures),
@@ -124,16 +130,26 @@ fn pager_frees_memory_then_answers_each_event() {
 
 /// Fails `n` times, then succeeds.
 struct Flaky {
-    left: Cell<u32>,
+    left: AtomicU32,
+}
+
+impl Flaky {
+    fn new(n: u32) -> Arc<Flaky> {
+        Arc::new(Flaky {
+            left: AtomicU32::new(n),
+        })
+    }
 }
 
 impl Policy for Flaky {
-    fn free(&mut self, _: &SyncRequest) -> Result<String, String> {
-        if self.left.get() == 0 {
-            return Ok("freed".into());
+    fn free(&self, _: &SyncRequest) -> Result<String, String> {
+        match self
+            .left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        {
+            Ok(_) => Err("nothing to free".into()),
+            Err(_) => Ok("freed".into()),
         }
-        self.left.set(self.left.get() - 1);
-        Err("nothing to free".into())
     }
 }
 
@@ -145,7 +161,6 @@ fn policy_failure_keeps_the_vcpu_paused_and_retries_with_backoff() {
     let hv = xen.ring(DOM, EventType::SharingOom).unwrap();
     hv.raise_oom(1, 0x42).unwrap();
     let mem = FakeMem::default();
-    let mut policy = Flaky { left: Cell::new(3) };
     let mut out = Out::new(Vec::new(), Format::Json);
     let o = PagerOpts {
         max_events: 1,
@@ -153,7 +168,7 @@ fn policy_failure_keeps_the_vcpu_paused_and_retries_with_backoff() {
     };
     let start = Instant::now();
     let (ended, sum) =
-        pager::run(&mut ring, &mut policy, &&mem, &o, &Stop::new(), &mut out).unwrap();
+        pager::run(&mut ring, Flaky::new(3), &mem, &o, &Stop::new(), &mut out).unwrap();
     assert_eq!(ended, Ended::Done);
     assert_eq!((sum.failures, sum.answered), (3, 1));
     // Backoff 2 + 4 + 8 ms at least.
@@ -193,11 +208,16 @@ fn ctrl_c_with_pending_requests_releases_them_and_unregisters() {
         })
     };
     let mem = FakeMem::default();
-    let mut policy = Flaky {
-        left: Cell::new(u32::MAX),
-    };
     let mut out = Out::new(Vec::new(), Format::Human);
-    let (ended, sum) = pager::run(&mut ring, &mut policy, &&mem, &opts(), &stop, &mut out).unwrap();
+    let (ended, sum) = pager::run(
+        &mut ring,
+        Flaky::new(u32::MAX),
+        &mem,
+        &opts(),
+        &stop,
+        &mut out,
+    )
+    .unwrap();
     stopper.join().unwrap();
     assert_eq!(ended, Ended::Stopped);
     assert_eq!(sum.answered, 0);
@@ -222,17 +242,21 @@ fn on_failure_crash_and_resume() {
         let hv = xen.ring(DOM, EventType::SharingOom).unwrap();
         hv.raise_oom(0, 5).unwrap();
         let mem = FakeMem::default();
-        let mut policy = Flaky {
-            left: Cell::new(u32::MAX),
-        };
         let mut out = Out::new(Vec::new(), Format::Json);
         let o = PagerOpts {
             on_failure: mode,
             max_events: 1,
             ..opts()
         };
-        let (ended, sum) =
-            pager::run(&mut ring, &mut policy, &&mem, &o, &Stop::new(), &mut out).unwrap();
+        let (ended, sum) = pager::run(
+            &mut ring,
+            Flaky::new(u32::MAX),
+            &mem,
+            &o,
+            &Stop::new(),
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(mem.crashed.lock().unwrap().len(), crashed);
         assert_eq!(sum.resumed, resumed);
         assert_eq!(
@@ -435,10 +459,10 @@ fn pager_notices_a_takeover_and_says_so() {
     };
     let stop = Stop::new();
     watchdog(&stop, Duration::from_secs(10));
-    let mem = FakeMem::default();
-    let mut policy = MaxMemStep::new(&mem, 1024, 1 << 20);
+    let mem = Arc::new(FakeMem::default());
+    let policy = Arc::new(MaxMemStep::new(Arc::clone(&mem), 1024, 1 << 20));
     let mut out = Out::new(Vec::new(), Format::Json);
-    let (ended, _) = pager::run(&mut ring, &mut policy, &&mem, &opts(), &stop, &mut out).unwrap();
+    let (ended, _) = pager::run(&mut ring, policy, &mem, &opts(), &stop, &mut out).unwrap();
     let new = taker.join().unwrap();
     match ended {
         Ended::Detached(d) => assert_eq!(d.cause, Cause::TakenOver),
@@ -578,4 +602,179 @@ fn invalidate_reasons_are_stable_snake_case() {
     assert_eq!(serde_json::to_value(Reason::Merged).unwrap(), "merged");
     assert_eq!(serde_json::to_value(Reason::Unshared).unwrap(), "unshared");
     assert_eq!(Reason::Merged.to_string(), "merged");
+}
+
+/// Blocks for vCPU 0 until released; returns at once for every other vCPU.
+#[derive(Default)]
+struct BlockVcpu0 {
+    /// (entered for vCPU 0, released)
+    state: Mutex<(bool, bool)>,
+    cond: Condvar,
+}
+
+impl Policy for BlockVcpu0 {
+    fn free(&self, req: &SyncRequest) -> Result<String, String> {
+        if req.vcpu_id == 0 {
+            let mut st = self.state.lock().unwrap();
+            st.0 = true;
+            self.cond.notify_all();
+            while !st.1 {
+                st = self.cond.wait(st).unwrap();
+            }
+            return Ok("slow".into());
+        }
+        Ok("fast".into())
+    }
+}
+
+#[test]
+fn a_policy_blocked_for_one_vcpu_delays_no_other() {
+    const VCPUS: u32 = 4;
+    const ROUNDS: u32 = 50;
+    let xen = HarnessBackend::new();
+    xen.add_domain(DOM, VCPUS);
+    let mut ring = SyncRing::register(Arc::clone(&xen), DOM, 1).unwrap();
+    let hv = xen.ring(DOM, EventType::SharingOom).unwrap();
+    let policy = Arc::new(BlockVcpu0::default());
+    let stop = Stop::new();
+    // Bounds the test: a pager that serialises the policies never answers
+    // the others, and this stops it instead of hanging.
+    watchdog(&stop, Duration::from_secs(30));
+    let pager = {
+        let policy: Arc<dyn Policy> = policy.clone();
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let mem = FakeMem::default();
+            let mut out = Out::new(Vec::new(), Format::Json);
+            let o = PagerOpts {
+                workers: 2,
+                ..opts()
+            };
+            let r = pager::run(&mut ring, policy, &mem, &o, &stop, &mut out).unwrap();
+            (r, out.into_inner())
+        })
+    };
+    // vCPU 0 faults first, and its policy starts.
+    hv.raise_oom(0, 0xa000).unwrap();
+    {
+        let mut st = policy.state.lock().unwrap();
+        while !st.0 {
+            st = policy.cond.wait(st).unwrap();
+        }
+    }
+    // Every other vCPU faults again and again, and is answered each time,
+    // while vCPU 0's policy is still running.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for round in 0..ROUNDS {
+        for v in 1..VCPUS {
+            hv.raise_oom(v, u64::from(round) << 12 | u64::from(v))
+                .unwrap();
+        }
+        for v in 1..VCPUS {
+            while hv.hv().pause_count(v) != 0 {
+                assert!(
+                    Instant::now() < deadline && !stop.requested(),
+                    "vCPU {v} was not answered while vCPU 0's policy ran (round {round})"
+                );
+                thread::yield_now();
+            }
+        }
+        assert_eq!(hv.hv().pause_count(0), 1, "vCPU 0 still waits");
+        assert!(!policy.state.lock().unwrap().1);
+    }
+    // Release vCPU 0's policy: then it is answered too.
+    {
+        let mut st = policy.state.lock().unwrap();
+        st.1 = true;
+        policy.cond.notify_all();
+    }
+    while hv.hv().pause_count(0) != 0 {
+        assert!(Instant::now() < deadline, "vCPU 0 never answered");
+        thread::yield_now();
+    }
+    stop.request();
+    let ((ended, sum), out) = pager.join().unwrap();
+    assert_eq!(ended, Ended::Stopped);
+    assert_eq!(sum.answered, u64::from((VCPUS - 1) * ROUNDS + 1));
+    assert_eq!(sum.released_at_exit, 0);
+    // In the output too: vCPU 0's answer comes after every other one.
+    let vcpus: Vec<u64> = lines(&out)
+        .iter()
+        .filter(|e| e["kind"] == "oom")
+        .map(|e| e["vcpu"].as_u64().unwrap())
+        .collect();
+    assert_eq!(vcpus.len() as u64, sum.answered);
+    assert_eq!(vcpus.last(), Some(&0));
+    let s = hv.hv().stats();
+    assert_eq!((s.bad_responses, s.paused), (0, 0));
+    assert_eq!(s.consumed, sum.answered);
+}
+
+#[test]
+fn reserve_keeps_the_host_free_memory_above_it() {
+    let xen = HarnessBackend::new();
+    xen.add_domain(DOM, 1);
+    let mut ring = SyncRing::register(Arc::clone(&xen), DOM, 1).unwrap();
+    let hv = xen.ring(DOM, EventType::SharingOom).unwrap();
+    hv.raise_oom(0, 0x42).unwrap();
+    // 1 MiB free, a 4 MiB reserve: no raise.
+    let mem = Arc::new(FakeMem {
+        kib: AtomicU64::new(65_536),
+        host_free: AtomicU64::new(1024),
+        ..FakeMem::default()
+    });
+    let policy = Arc::new(MaxMemStep::new(Arc::clone(&mem), 1024, 1 << 20).reserve(4096));
+    // The host frees memory after a few refusals.
+    let freer = {
+        let mem = Arc::clone(&mem);
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(50));
+            mem.host_free.store(64 * 1024, Ordering::SeqCst);
+        })
+    };
+    let mut out = Out::new(Vec::new(), Format::Json);
+    let o = PagerOpts {
+        max_events: 1,
+        ..opts()
+    };
+    let stop = Stop::new();
+    watchdog(&stop, Duration::from_secs(10));
+    let (ended, sum) = pager::run(&mut ring, policy, &mem, &o, &stop, &mut out).unwrap();
+    freer.join().unwrap();
+    assert_eq!(ended, Ended::Done);
+    assert_eq!(sum.answered, 1);
+    assert!(sum.failures >= 1);
+    assert_eq!(mem.kib.load(Ordering::SeqCst), 65_536 + 1024, "raised once");
+    let events = lines(&out.into_inner());
+    let retry = events.iter().find(|e| e["kind"] == "retry").unwrap();
+    assert!(
+        retry["error"]
+            .as_str()
+            .unwrap()
+            .contains("reserve 4096 KiB"),
+        "{retry}"
+    );
+    assert_eq!(events.last().unwrap()["kind"], "oom");
+}
+
+#[test]
+fn pager_events_are_modelled_once() {
+    let e = pager::PagerEvent::Retry {
+        domid: 3,
+        vcpu: 1,
+        gfn: 0x42,
+        error: "no".into(),
+        attempt: 2,
+        delay_ms: 20,
+    };
+    assert_eq!(
+        e.to_string(),
+        "d3 vcpu 1 gfn 0x42: cannot free memory (no); vCPU stays paused, retry 2 in 20 ms"
+    );
+    let j = serde_json::to_value(&e).unwrap();
+    assert_eq!(j["kind"], "retry");
+    assert_eq!(
+        (j["attempt"].as_u64(), j["delay_ms"].as_u64()),
+        (Some(2), Some(20))
+    );
 }

@@ -130,6 +130,15 @@ impl Domains {
             .map_err(|e| err(Op::SetMaxMem, Some(domid), e))
     }
 
+    /// The host's free memory in KiB (`xc_physinfo`: pages no domain
+    /// owns, 4 KiB each).
+    pub fn host_free_kib(&self) -> Result<u64, Error> {
+        self.xc
+            .free_pages()
+            .map(|p| p.saturating_mul(4))
+            .map_err(|e| err(Op::GetInfo, None, e))
+    }
+
     /// Crashes the domain (`SHUTDOWN_crash`).
     pub fn crash(&self, domid: u16) -> Result<(), Error> {
         self.xc

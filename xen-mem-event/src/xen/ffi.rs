@@ -432,6 +432,19 @@ impl XenCtrl {
         }
     }
 
+    /// The host's free memory in pages (`xc_physinfo`).
+    pub(crate) fn free_pages(&self) -> Result<u64, i32> {
+        let mut info = libs::xc_physinfo_t::default();
+        // SAFETY: the handle is open; `info` is a valid, initialised
+        // out-structure of the type the call fills.
+        let rc = unsafe { libs::xc_physinfo(self.0.as_ptr(), &mut info) };
+        if rc == 0 {
+            Ok(info.free_pages)
+        } else {
+            Err(errno())
+        }
+    }
+
     pub(crate) fn crash(&self, domid: u16) -> Result<(), i32> {
         let reason = i32::try_from(abi::SHUTDOWN_crash).map_err(|_| libc::EINVAL)?;
         // SAFETY: the handle is open; plain integer arguments.
