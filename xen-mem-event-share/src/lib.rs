@@ -42,7 +42,9 @@
 
 mod backend;
 mod daemon;
+mod gfnmap;
 mod hash;
+mod members;
 pub mod model;
 mod record;
 mod stats;

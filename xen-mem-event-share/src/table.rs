@@ -1,6 +1,7 @@
 //! The candidate table: what the daemon knows of every scanned gfn.
 //!
-//! Three maps: each gfn's entry (its page's key, and the handle it holds
+//! Three maps: each gfn's entry (per domain, an array indexed by gfn:
+//! its page's key, and the handle it holds
 //! once nominated), one representative gfn per key (the page a new page
 //! with that key is compared with), and the gfns known on each handle (so
 //! that a handle's death drops all of them, and so that the KSM counters
@@ -9,7 +10,10 @@
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::{DomId, Gfn, GfnRef, Handle, InvalidateRecord};
+use crate::gfnmap::GfnMap;
+use crate::members::Members;
+
+use crate::{DomId, GfnRef, Handle, InvalidateRecord};
 
 /// What the table knows of one gfn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +24,52 @@ pub struct Entry {
     pub handle: Option<Handle>,
     /// Index of the gfn in its handle's member list.
     slot: usize,
+}
+
+/// An [`Entry`] as the table stores it: 24 bytes, and `Option<Packed>`
+/// too (the slot is stored + 1, a niche), so that a domain's entries are
+/// dense in its [`GfnMap`].  Handle 0 is "none": Xen's handles start at 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Packed {
+    key: u64,
+    handle: Handle,
+    slot1: std::num::NonZeroU32,
+    /// The index of the handle's member list (see [`Members`]).
+    list: u32,
+}
+
+impl Packed {
+    fn new(key: u64) -> Packed {
+        Packed {
+            key,
+            handle: 0,
+            slot1: std::num::NonZeroU32::MIN,
+            list: 0,
+        }
+    }
+
+    fn handle(&self) -> Option<Handle> {
+        (self.handle != 0).then_some(self.handle)
+    }
+
+    fn slot(&self) -> usize {
+        (self.slot1.get() - 1) as usize
+    }
+
+    fn set_slot(&mut self, slot: usize) {
+        let s = u32::try_from(slot).ok().and_then(|s| s.checked_add(1));
+        self.slot1 = s
+            .and_then(std::num::NonZeroU32::new)
+            .unwrap_or(std::num::NonZeroU32::MAX);
+    }
+
+    fn entry(&self) -> Entry {
+        Entry {
+            key: self.key,
+            handle: self.handle(),
+            slot: self.slot(),
+        }
+    }
 }
 
 /// What [`Table::observe`] found for a scanned page.
@@ -44,9 +94,9 @@ pub enum Observed {
 /// The table.  See the module documentation.
 #[derive(Debug, Default)]
 pub struct Table {
-    doms: FxHashMap<DomId, FxHashMap<Gfn, Entry>>,
+    doms: FxHashMap<DomId, GfnMap<Packed>>,
     reps: FxHashMap<u64, GfnRef>,
-    members: FxHashMap<Handle, Vec<GfnRef>>,
+    members: Members,
     entries: usize,
     /// Handles with two gfns or more.
     shared: u64,
@@ -81,7 +131,7 @@ impl Table {
 
     /// Gfns known to hold `handle`.
     pub fn members(&self, handle: Handle) -> usize {
-        self.members.get(&handle).map_or(0, Vec::len)
+        self.members.of(handle).len()
     }
 
     /// KSM's `pages_shared`: handles with two gfns or more.
@@ -97,7 +147,10 @@ impl Table {
 
     /// The entry of `page`.
     pub fn get(&self, page: GfnRef) -> Option<Entry> {
-        self.doms.get(&page.domid)?.get(&page.gfn).copied()
+        self.doms
+            .get(&page.domid)?
+            .get(&page.gfn)
+            .map(Packed::entry)
     }
 
     fn adjust(&mut self, before: usize, after: usize) {
@@ -105,77 +158,76 @@ impl Table {
         self.shared = self.shared + u64::from(after >= 2) - u64::from(before >= 2);
     }
 
-    fn entry_mut(&mut self, page: GfnRef) -> Option<&mut Entry> {
+    fn get_packed(&self, page: GfnRef) -> Option<&Packed> {
+        self.doms.get(&page.domid)?.get(&page.gfn)
+    }
+
+    fn entry_mut(&mut self, page: GfnRef) -> Option<&mut Packed> {
         self.doms.get_mut(&page.domid)?.get_mut(&page.gfn)
     }
 
-    /// Takes `page` (at `slot`) off `handle`'s member list.
-    fn detach(&mut self, page: GfnRef, handle: Handle, slot: usize) {
-        let Some(list) = self.members.get_mut(&handle) else {
-            return;
+    /// Takes `page` (entry `e`) off its handle's member list; returns
+    /// whether the handle has no member left (and is forgotten).
+    fn detach(&mut self, page: GfnRef, e: &Packed) -> bool {
+        let slot = e.slot();
+        let Some((before, moved, empty)) = self.members.remove(e.list, slot, page) else {
+            return false;
         };
-        if list.get(slot) != Some(&page) {
-            return;
-        }
-        let before = list.len();
-        list.swap_remove(slot);
-        let moved = list.get(slot).copied();
-        if list.is_empty() {
-            self.members.remove(&handle);
-        }
         self.adjust(before, before - 1);
         if let Some(e) = moved.and_then(|m| self.entry_mut(m)) {
-            e.slot = slot;
+            e.set_slot(slot);
         }
+        empty
     }
 
-    /// Appends `page` to `handle`'s member list; returns its slot.
-    fn attach(&mut self, page: GfnRef, handle: Handle) -> usize {
-        let list = self.members.entry(handle).or_default();
-        let slot = list.len();
-        list.push(page);
+    /// Appends `page` to `handle`'s member list; returns (list, slot).
+    fn attach(&mut self, page: GfnRef, handle: Handle) -> (u32, usize) {
+        let (list, slot) = self.members.push(handle, page);
         self.adjust(slot, slot + 1);
-        slot
+        (list, slot)
     }
 
     /// Records `page` with `key`, not nominated; replaces what was known.
     pub fn insert(&mut self, page: GfnRef, key: u64) {
         self.remove(page);
-        let e = Entry {
-            key,
-            handle: None,
-            slot: 0,
-        };
-        self.doms.entry(page.domid).or_default().insert(page.gfn, e);
+        self.doms
+            .entry(page.domid)
+            .or_default()
+            .insert(page.gfn, Packed::new(key));
         self.entries += 1;
     }
 
     /// Forgets `page`.
     pub fn remove(&mut self, page: GfnRef) -> Option<Entry> {
+        self.remove_packed(page).map(|(e, _)| e.entry())
+    }
+
+    /// Forgets `page`; returns its entry, and whether that left its
+    /// handle without a member.
+    fn remove_packed(&mut self, page: GfnRef) -> Option<(Packed, bool)> {
         let e = self.doms.get_mut(&page.domid)?.remove(&page.gfn)?;
         self.entries -= 1;
-        if let Some(h) = e.handle {
-            self.detach(page, h, e.slot);
-        }
-        Some(e)
+        let emptied = e.handle().is_some() && self.detach(page, &e);
+        Some((e, emptied))
     }
 
     /// Records that `page` holds `handle` (it was nominated).  Returns
     /// false when the table does not know `page`.
     pub fn set_handle(&mut self, page: GfnRef, handle: Handle) -> bool {
-        let Some(e) = self.get(page) else {
+        let Some(e) = self.get_packed(page).copied() else {
             return false;
         };
-        if e.handle == Some(handle) {
+        if e.handle == handle {
             return true;
         }
-        if let Some(old) = e.handle {
-            self.detach(page, old, e.slot);
+        if e.handle != 0 {
+            self.detach(page, &e);
         }
-        let slot = self.attach(page, handle);
+        let (list, slot) = self.attach(page, handle);
         if let Some(e) = self.entry_mut(page) {
-            e.handle = Some(handle);
-            e.slot = slot;
+            e.handle = handle;
+            e.list = list;
+            e.set_slot(slot);
         }
         true
     }
@@ -191,7 +243,7 @@ impl Table {
         if from == into {
             return;
         }
-        let list = self.members.remove(&from).unwrap_or_default();
+        let list = self.members.take(from);
         self.adjust(list.len(), 0);
         for page in list.into_iter().filter(|p| *p != cli) {
             if let Some(m) = self.doms.get_mut(&page.domid) {
@@ -201,16 +253,17 @@ impl Table {
             }
         }
         if let Some(e) = self.entry_mut(cli) {
-            e.handle = None;
+            e.handle = 0;
         }
         self.set_handle(cli, into);
     }
 
     /// Forgets every gfn known to hold `handle`; returns how many.
     pub fn drop_handle(&mut self, handle: Handle) -> usize {
-        let Some(list) = self.members.remove(&handle) else {
+        let list = self.members.take(handle);
+        if list.is_empty() {
             return 0;
-        };
+        }
         self.adjust(list.len(), 0);
         for page in &list {
             if let Some(m) = self.doms.get_mut(&page.domid) {
@@ -228,7 +281,7 @@ impl Table {
             return 0;
         };
         self.entries -= gone.len();
-        let handles: FxHashSet<Handle> = gone.values().filter_map(|e| e.handle).collect();
+        let handles: FxHashSet<Handle> = gone.values().filter_map(Packed::handle).collect();
         for h in handles {
             self.prune_members(h, domid);
         }
@@ -238,19 +291,12 @@ impl Table {
     /// Removes `domid`'s gfns from `handle`'s member list (their entries
     /// are gone already) and renumbers the others' slots.
     fn prune_members(&mut self, handle: Handle, domid: DomId) {
-        let Some(mut list) = self.members.remove(&handle) else {
-            return;
-        };
-        let before = list.len();
-        list.retain(|p| p.domid != domid);
+        let (before, list) = self.members.retain(handle, |p| p.domid != domid);
         self.adjust(before, list.len());
         for (slot, page) in list.iter().enumerate() {
             if let Some(e) = self.entry_mut(*page) {
-                e.slot = slot;
+                e.set_slot(slot);
             }
-        }
-        if !list.is_empty() {
-            self.members.insert(handle, list);
         }
     }
 
@@ -263,14 +309,17 @@ impl Table {
     /// every gfn still known on the handle.
     pub fn apply(&mut self, rec: &InvalidateRecord) -> bool {
         let page = rec.page();
-        let mut dropped = false;
-        if let Some(e) = self.get(page) {
-            if e.handle.is_none() || e.handle == Some(rec.handle) {
-                self.remove(page);
+        let (mut dropped, mut emptied) = (false, false);
+        let current = self.get_packed(page).map(|e| e.handle);
+        if current == Some(0) || current == Some(rec.handle) {
+            if let Some((_, gone)) = self.remove_packed(page) {
                 dropped = true;
+                emptied = gone && current == Some(rec.handle);
             }
         }
-        if rec.handle_gone {
+        // The last member of the handle just went: nothing else to drop
+        // (saves a lookup in the hot path).
+        if rec.handle_gone && !emptied {
             dropped |= self.drop_handle(rec.handle) > 0;
         }
         dropped
@@ -336,26 +385,33 @@ impl Table {
     pub fn check(&self) -> Result<(), String> {
         let mut with_handle = 0usize;
         for (d, m) in &self.doms {
-            for (g, e) in m {
-                let Some(h) = e.handle else { continue };
+            for (g, e) in m.iter() {
+                let Some(h) = e.handle() else { continue };
                 with_handle += 1;
-                let p = GfnRef::new(*d, *g);
-                if self.members.get(&h).and_then(|l| l.get(e.slot)) != Some(&p) {
-                    return Err(format!("{p}: not at slot {} of handle {h}", e.slot));
+                let p = GfnRef::new(*d, g);
+                if self.members.index(h) != Some(e.list)
+                    || self.members.pages(e.list).get(e.slot()) != Some(&p)
+                {
+                    return Err(format!("{p}: not at slot {} of handle {h}", e.slot()));
                 }
             }
         }
-        let listed: usize = self.members.values().map(Vec::len).sum();
-        let sharing: u64 = self.members.values().map(|l| excess(l.len())).sum();
-        let shared = self.members.values().filter(|l| l.len() >= 2).count() as u64;
-        let entries: usize = self.doms.values().map(FxHashMap::len).sum();
+        let listed: usize = self.members.lists().map(|(_, _, l)| l.len()).sum();
+        let sharing: u64 = self.members.lists().map(|(_, _, l)| excess(l.len())).sum();
+        let shared = self
+            .members
+            .lists()
+            .filter(|(_, _, l)| l.len() >= 2)
+            .count() as u64;
+        let entries: usize = self.doms.values().map(GfnMap::len).sum();
         if listed != with_handle || sharing != self.sharing || shared != self.shared {
             return Err(format!(
                 "members {listed} vs entries with a handle {with_handle}, sharing {sharing} vs {}, shared {shared} vs {}",
                 self.sharing, self.shared
             ));
         }
-        if entries != self.entries || self.members.values().any(Vec::is_empty) {
+        let lists = self.members.lists().count();
+        if entries != self.entries || lists != self.members.len() {
             return Err(format!("entries {entries} vs {}", self.entries));
         }
         Ok(())
