@@ -4,6 +4,7 @@
 pub mod detach;
 pub mod output;
 pub mod pager;
+pub mod share;
 pub mod status;
 pub mod stop;
 pub mod watch;

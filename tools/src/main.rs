@@ -29,6 +29,7 @@ Examples:
   xen-mem-event pager --domain 3 --step 4096 --limit 262144
   xen-mem-event pager --domain 3 --exec /usr/local/sbin/free-memory -- --quiet
   xen-mem-event watch --domain 3 --batch 256 --write-handles /run/stale-handles
+  xen-mem-event share --all --pages-per-sec 50000 --json
   xen-mem-event unregister --domain 3 --type oom     (recovery: takes over first)
   xen-mem-event unregister --domain 3 --type oom --token 42
   xen-mem-event register --domain 3 --type invalidate --takeover";
@@ -77,6 +78,15 @@ enum Cmd {
     /// --records), reports how many records Xen dropped because the ring
     /// was full, and keeps the set of handles seen invalidated.
     Watch(WatchArgs),
+    /// Share identical pages of guests (a KSM-style sharing daemon).
+    ///
+    /// Scans the managed domains' memory through read-only mappings,
+    /// shares identical pages within and across domains (nominate, compare
+    /// byte for byte, share), and keeps its table fresh by applying each
+    /// domain's SHARING_INVALIDATE ring.  Memory sharing is enabled on each
+    /// managed domain.  Prints a status line per --interval and a summary;
+    /// Ctrl-C unregisters every ring and exits.
+    Share(xen_mem_event_tools::share::ShareArgs),
     /// Register a ring and leave it registered (scripts, recovery).
     ///
     /// With --takeover, replace a consumer that is still registered (e.g.
@@ -279,6 +289,7 @@ fn try_main(cli: Cli) -> Result<(), ToolError> {
         Cmd::Status { domain } => cmd_status(domain.as_deref(), &mut out),
         Cmd::Pager(a) => cmd_pager(a, &mut out),
         Cmd::Watch(a) => cmd_watch(a, &mut out),
+        Cmd::Share(a) => xen_mem_event_tools::share::cmd(a, resolve, &mut out),
         Cmd::Register {
             target,
             frames,
