@@ -27,6 +27,12 @@
  *   gfns        print the gfn lists again        -> MEMTEST GFN ... / MEMTEST GFNS-END
  *   cpuid N     execute CPUID N times            -> MEMTEST CPUID n=N
  *   period S    change the verify period (0: only on command)
+ *   churn N S   every S seconds rewrite N random pages of the buffer, half
+ *               of them (alternately) with sharable contents (all zero, or
+ *               the ident pattern of the current generation), the others
+ *               with contents unique to the page and the rewrite; 'churn 0'
+ *               stops; 'churn' alone reports
+ *                                                 -> MEMTEST CHURN n=N every=S rounds=R pages=P sharable=Q
  *
  * Every command's output ends with one line carrying 'seq=K', K counting
  * commands from 1, so a driver can wait for the answer to its own command.
@@ -56,13 +62,22 @@
 #define IDENT_MAGIC 0x584d452d4944454eULL  /* "XME-IDEN" */
 
 enum region { R_ZERO, R_IDENT, R_UNIQUE, R_NR };
+
+/*
+ * What a page holds: its region's contents, or what churn wrote last
+ * (kind[] and ver[] per page, so verify always knows what to expect).
+ */
+enum kind { K_REGION, K_ZERO, K_IDENT, K_PRIVATE };
 static const char *const rname[R_NR] = { "zero", "ident", "unique" };
 
-static uint8_t *buf;
+static uint8_t *buf, *kind;
+static uint64_t *ver;
 static size_t npages[R_NR], first[R_NR], total;
 static uint64_t gen = 1, seed;
 static unsigned long round_nr, seq, period = 5, writers = 1;
 static time_t next;
+static unsigned long churn_n, churn_every, churn_rounds, churn_pages, churn_sharable;
+static uint64_t churn_ver, rng_state, next_churn_ms;
 
 static void say(const char *fmt, ...)
 {
@@ -89,7 +104,7 @@ static uint64_t mix(uint64_t x)                 /* splitmix64 finaliser */
     return x ^ (x >> 31);
 }
 
-static uint64_t expect(enum region r, size_t page, size_t word)
+static uint64_t expect_region(enum region r, size_t page, size_t word)
 {
     switch ( r )
     {
@@ -97,6 +112,28 @@ static uint64_t expect(enum region r, size_t page, size_t word)
     case R_IDENT: return IDENT_MAGIC ^ gen;
     default:      return mix(seed ^ ((uint64_t)page << 9) ^ word);
     }
+}
+
+static enum region region_of(size_t page);
+
+/* What word 'word' of page 'page' must hold now. */
+static uint64_t expect(size_t page, size_t word)
+{
+    switch ( kind[page] )
+    {
+    case K_ZERO:    return 0;
+    case K_IDENT:   return IDENT_MAGIC ^ ver[page];
+    case K_PRIVATE: return mix(~seed ^ ((uint64_t)page << 9) ^ word ^ (ver[page] << 32));
+    default:        return expect_region(region_of(page), page, word);
+    }
+}
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static uint64_t *page_ptr(size_t page)
@@ -117,9 +154,10 @@ static void fill_part(enum region r, size_t k, size_t n)
     {
         volatile uint64_t *w = page_ptr(p);
 
+        kind[p] = K_REGION;
         /* Write every word, even zeros: a write is what unshares a page. */
         for ( size_t i = 0; i < WORDS; i++ )
-            w[i] = expect(r, p, i);
+            w[i] = expect(p, i);
     }
 }
 
@@ -260,13 +298,13 @@ static size_t verify(const char *why)
 
         for ( size_t i = 0; i < WORDS; i++ )
         {
-            if ( w[i] == expect(r, p, i) )
+            if ( w[i] == expect(p, i) )
                 continue;
             if ( bad < 8 )
                 say("MEMTEST BAD round=%lu region=%s page=%zu gfn=0x%" PRIx64
                     " word=%zu want=0x%016" PRIx64 " got=0x%016" PRIx64,
                     round_nr, rname[r], p - first[r],
-                    fd >= 0 ? gfn_of(fd, p) : 0, i, expect(r, p, i), w[i]);
+                    fd >= 0 ? gfn_of(fd, p) : 0, i, expect(p, i), w[i]);
             bad++;
             bad_r[r]++;
             break;
@@ -280,6 +318,41 @@ static size_t verify(const char *why)
     else
         say("MEMTEST PASS round=%lu gen=%" PRIu64 " pages=%zu %s", round_nr, gen, total, why);
     return bad;
+}
+
+static uint64_t rnd(void)                        /* xorshift64 */
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+
+/* One churn round: churn_n random pages rewritten, every other one with
+ * sharable contents. */
+static void churn_round(void)
+{
+    for ( unsigned long i = 0; i < churn_n; i++ )
+    {
+        size_t p = rnd() % total;
+        volatile uint64_t *w = page_ptr(p);
+
+        if ( i % 2 == 0 )
+        {
+            kind[p] = (rnd() & 1) ? K_ZERO : K_IDENT;
+            ver[p] = gen;
+            churn_sharable++;
+        }
+        else
+        {
+            kind[p] = K_PRIVATE;
+            ver[p] = ++churn_ver;
+        }
+        for ( size_t j = 0; j < WORDS; j++ )
+            w[j] = expect(p, j);
+    }
+    churn_rounds++;
+    churn_pages += churn_n;
 }
 
 static void do_cpuid(unsigned long n)
@@ -331,6 +404,23 @@ static void command(char *line)
         do_cpuid(n);
         say("MEMTEST CPUID n=%lu seq=%lu", n, seq);
     }
+    else if ( !strcmp(line, "churn") )
+    {
+        if ( arg )
+        {
+            char *end;
+
+            churn_n = strtoul(arg, &end, 0);
+            churn_every = strtoul(end, NULL, 0);
+            if ( churn_every < 1 )
+                churn_every = 1;
+            if ( churn_n > total )
+                churn_n = total;
+            next_churn_ms = now_ms() + churn_every * 1000;
+        }
+        say("MEMTEST CHURN n=%lu every=%lu rounds=%lu pages=%lu sharable=%lu seq=%lu",
+            churn_n, churn_every, churn_rounds, churn_pages, churn_sharable, seq);
+    }
     else if ( !strcmp(line, "period") )
     {
         period = arg ? strtoul(arg, NULL, 0) : 0;
@@ -378,6 +468,14 @@ int main(int argc, char **argv)
         total += npages[r];
     }
     seed = mix((uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32));
+    rng_state = mix(seed ^ 0x636875726eULL) | 1;
+    kind = calloc(total ? total : 1, 1);
+    ver = calloc(total ? total : 1, sizeof(*ver));
+    if ( !kind || !ver )
+    {
+        say("MEMTEST ERROR calloc %zu pages: %s", total, strerror(errno));
+        return 1;
+    }
 
     /* No echo of commands, no CR before LF in the output; keep line mode. */
     if ( tcgetattr(STDIN_FILENO, &tio) == 0 )
@@ -418,6 +516,14 @@ int main(int argc, char **argv)
 
             wait_ms = now >= next ? 0 : (next - now) * 1000;
         }
+        if ( churn_n )
+        {
+            uint64_t t = now_ms();
+            long churn_ms = t >= next_churn_ms ? 0 : (long)(next_churn_ms - t);
+
+            if ( wait_ms < 0 || churn_ms < wait_ms )
+                wait_ms = churn_ms;
+        }
         rc = poll(&pfd, 1, wait_ms);
         if ( rc > 0 && (pfd.revents & POLLIN) )
         {
@@ -445,6 +551,11 @@ int main(int argc, char **argv)
         }
         else if ( rc > 0 )
             sleep(1);                   /* POLLHUP/POLLERR: do not spin */
+        if ( churn_n && now_ms() >= next_churn_ms )
+        {
+            churn_round();
+            next_churn_ms = now_ms() + churn_every * 1000;
+        }
         if ( period && time(NULL) >= next )
         {
             if ( write_every && round_nr % write_every == write_every - 1 )
