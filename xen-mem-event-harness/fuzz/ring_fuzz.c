@@ -999,7 +999,8 @@ static void setup(void)
     mpage()->rsp_offset = sync ? FRAME + nr_slots * REC : 0;
     mpage()->max_vcpus = sync ? p.max_vcpus : 0;
     mpage()->domid = p.domid;
-    mpage()->req_event = sync ? 1 : (p.batch ? p.batch : 1);
+    mpage()->req_event = sync ? 1 : !p.batch ? 1
+                         : p.batch < m.nr_slots / 2 ? p.batch : m.nr_slots / 2;
     /* Init does not define max_vcpus for async rings: take what it wrote. */
     if ( !sync )
         mpage()->max_vcpus = page()->max_vcpus;
