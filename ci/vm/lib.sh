@@ -349,3 +349,46 @@ cap_allowance() {
     xl unpause "$1"
     xme_log "d$1: allowance capped at $max KiB (owns $tot KiB)"
 }
+
+# ------------------------------------------------------------------ the sharing daemon
+# free_mib: the host's free memory (xl info free_memory), MiB.
+free_mib() { xl info 2>/dev/null | awk '$1 == "free_memory" {print $3}'; }
+# sfield FILE FIELD: FIELD of the last status line ("interval") of
+# 'xen-mem-event share --json' output FILE.
+sfield() { jfield "$1" interval "$2"; }
+# share_settle FILE TIMEOUT_S: wait until the daemon (JSON in FILE) has
+# completed two full scans in a row between which pages_sharing moved by
+# at most 16 pages (the guests' kernels keep writing a few pages); prints
+# that pages_sharing.  Fails on timeout.
+share_settle() {
+    local f=$1 t=$2 deadline fs ps last_fs=-1 last_ps=-1000000
+    deadline=$(( $(date +%s) + t ))
+    while [ "$(date +%s)" -lt "$deadline" ]; do
+        fs=$(sfield "$f" full_scans) ps=$(sfield "$f" pages_sharing)
+        if [ -n "$fs" ] && [ -n "$ps" ] && [ "$fs" != "$last_fs" ]; then
+            if [ "$fs" -ge 2 ] && [ $((ps - last_ps)) -le 16 ] && [ $((last_ps - ps)) -le 16 ]; then
+                echo "$ps"
+                return 0
+            fi
+            last_fs=$fs last_ps=$ps
+        fi
+        sleep 1
+    done
+    return 1
+}
+# share_series FILE: the daemon's status lines as a compact table (time,
+# share attempts, stale-handle failures, pages sharing by its table, Xen's
+# pages freed).
+share_series() {
+    awk '
+        function f(k) {
+            if (match($0, "\"" k "\":[0-9.]+"))
+                return substr($0, RSTART + length(k) + 3, RLENGTH - length(k) - 3)
+            return 0
+        }
+        /"kind":"interval"/ {
+            printf "      t=%6.1fs attempts=%-6d stale=%-5d sharing=%-6d xen_saved=%d\n",
+                f("t"), f("share_attempts"), f("stale_source") + f("stale_client"),
+                f("pages_sharing"), f("host_saved")
+        }' "$1"
+}
