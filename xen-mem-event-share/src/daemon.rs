@@ -4,9 +4,17 @@ use std::collections::BTreeMap;
 use std::ops::Bound::{Excluded, Unbounded};
 use std::time::Duration;
 
+use rustc_hash::FxHashSet;
+
 use crate::backend::{Backend, HostCounters, OpError, PageSource, MAX_BATCH};
 use crate::table::{Observed, Table};
-use crate::{page_key, DomId, Gfn, GfnRef, Handle, InvalidateBatch, Page, Stats, ZERO_KEY};
+
+use crate::{
+    is_zero, page_key, DomId, Gfn, GfnRef, Handle, InvalidateBatch, Page, Stats, ZERO_KEY,
+};
+
+/// Most handles [`Daemon`] remembers as all-zero frames.
+const ZERO_HANDLES_MAX: usize = 1 << 16;
 
 /// A gfn that cannot be read costs a pass's budget this fraction of a
 /// page: mapping a hole is cheap, and a PVH guest's gfn space is mostly
@@ -86,6 +94,11 @@ pub struct Daemon {
     bufs: Box<[Page; 2]>,
     keys: Vec<(Gfn, u64)>,
     bad: Vec<Gfn>,
+    /// Handles whose frame was read all-zero after the handle was
+    /// obtained: a shared frame never changes while its handle lives
+    /// (a write unshares the writer's gfn instead), so it need not be read
+    /// again (see [`Daemon::both_zero`]).  A cache, cleared when large.
+    zero_handles: FxHashSet<Handle>,
 }
 
 impl Daemon {
@@ -103,6 +116,7 @@ impl Daemon {
             bufs: Box::new([[0; crate::PAGE_SIZE]; 2]),
             keys: Vec::with_capacity(MAX_BATCH),
             bad: Vec::new(),
+            zero_handles: FxHashSet::default(),
         }
     }
 
@@ -159,6 +173,9 @@ impl Daemon {
         }
         for rec in &batch.records {
             self.table.apply(rec);
+            if rec.handle_gone {
+                self.zero_handles.remove(&rec.handle);
+            }
         }
         self.stats.records_applied += batch.records.len() as u64;
         if batch.lost > 0 {
@@ -347,7 +364,15 @@ impl Daemon {
         let Some(hc) = self.handle_of(xen, new) else {
             return;
         };
-        if hs == hc || !self.same_contents(xen, key, rep.page, new.page) {
+        if hs == hc {
+            return;
+        }
+        let same = if key == ZERO_KEY {
+            self.both_zero(xen, (rep.page, hs), (new.page, hc))
+        } else {
+            self.same_contents(xen, key, rep.page, new.page)
+        };
+        if !same {
             return;
         }
         // The frame with more known gfns stays; the other one's move.
@@ -363,11 +388,13 @@ impl Daemon {
                 self.table.merged(cli, ch, sh);
             }
             Err(OpError::StaleSource) => {
+                self.zero_handles.remove(&sh);
                 self.stats.stale_source += 1;
                 self.table.remove(src);
                 self.table.set_rep(key, cli);
             }
             Err(OpError::StaleClient) => {
+                self.zero_handles.remove(&ch);
                 self.stats.stale_client += 1;
                 self.table.remove(cli);
                 self.table.set_rep(key, src);
@@ -395,6 +422,45 @@ impl Daemon {
                 None
             }
         }
+    }
+
+    /// The zero fast path of the compare: each side (page, handle it was
+    /// nominated with) is all zero if its handle's frame was already read
+    /// all zero, or if reading it now finds it so.  A side read non-zero
+    /// is dropped (the next pass sees it anew), as in `same_contents`.
+    fn both_zero<B: Backend + ?Sized>(
+        &mut self,
+        xen: &mut B,
+        rep: (GfnRef, Handle),
+        new: (GfnRef, Handle),
+    ) -> bool {
+        if self.zero_handles.len() > ZERO_HANDLES_MAX {
+            self.zero_handles.clear();
+        }
+        let mut zero = |d: &mut Daemon, (page, h): (GfnRef, Handle)| {
+            if d.zero_handles.contains(&h) {
+                return true;
+            }
+            let buf = &mut d.bufs[0];
+            let ok = read_into(xen, page, buf) && is_zero(buf);
+            if ok {
+                d.zero_handles.insert(h);
+            }
+            ok
+        };
+        let (rep_ok, new_ok) = (zero(self, rep), zero(self, new));
+        if rep_ok && new_ok {
+            return true;
+        }
+        self.stats.compare_mismatch += 1;
+        if !rep_ok {
+            self.table.remove(rep.0);
+            self.table.set_rep(ZERO_KEY, new.0);
+        }
+        if !new_ok {
+            self.table.remove(new.0);
+        }
+        false
     }
 
     /// Reads both pages again (after nomination) and compares them byte

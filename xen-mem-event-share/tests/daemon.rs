@@ -207,6 +207,76 @@ fn holes_cost_a_pass_little() {
     assert_eq!(s.host_saved, 63);
 }
 
+/// Counts the single-page reads (the compares after nomination).
+struct Counting<'a> {
+    xen: &'a mut xen_mem_event_share::model::ModelXen,
+    single_reads: u64,
+}
+
+impl xen_mem_event_share::PageSource for Counting<'_> {
+    fn gfn_count(&mut self, d: u16) -> Result<u64, xen_mem_event_share::OpError> {
+        self.xen.gfn_count(d)
+    }
+    fn read_pages(
+        &mut self,
+        d: u16,
+        gfns: &[u64],
+        each: &mut dyn FnMut(u64, Result<&xen_mem_event_share::Page, xen_mem_event_share::OpError>),
+    ) -> Result<(), xen_mem_event_share::OpError> {
+        self.single_reads += u64::from(gfns.len() == 1);
+        self.xen.read_pages(d, gfns, each)
+    }
+}
+
+impl xen_mem_event_share::Sharing for Counting<'_> {
+    fn nominate(&mut self, p: GfnRef) -> Result<u64, xen_mem_event_share::OpError> {
+        self.xen.nominate(p)
+    }
+    fn share(
+        &mut self,
+        s: GfnRef,
+        sh: u64,
+        c: GfnRef,
+        ch: u64,
+    ) -> Result<(), xen_mem_event_share::OpError> {
+        self.xen.share(s, sh, c, ch)
+    }
+    fn host_counters(
+        &mut self,
+    ) -> Result<xen_mem_event_share::HostCounters, xen_mem_event_share::OpError> {
+        self.xen.host_counters()
+    }
+}
+
+/// Zero pages: the frame a share keeps was read all-zero once after its
+/// nomination and cannot change while its handle lives, so each further
+/// merge reads only the new page; other contents read both.
+#[test]
+fn a_zero_merge_reads_one_page() {
+    let mut host = Host::new(1024);
+    host.domain(1, 64, |g| if g < 32 { 0 } else { 1 });
+    let mut d = daemon(true, &[1]);
+    let mut c = Counting {
+        xen: &mut host.xen,
+        single_reads: 0,
+    };
+    d.pass(&mut c);
+    let reads = c.single_reads;
+    let s = assert_sane(&mut host, &d);
+    assert_eq!((s.share_ok, s.host_saved), (62, 62));
+    // Zero: 2 for the first merge, then 1 each; class 1: 2 each.
+    assert_eq!(reads, (2 + 30) + 2 * 31);
+    // A zero page written non-zero after its hash is still caught.
+    host.write(p(1, 5), &class(7));
+    host.deliver(&mut d);
+    host.xen.arm(Trigger::Nominate, p(1, 6), &class(8));
+    host.write(p(1, 6), &class(0));
+    host.deliver(&mut d);
+    host.settle(&mut d);
+    let s = assert_sane(&mut host, &d);
+    assert!(s.consistent(), "{s}");
+}
+
 #[test]
 fn without_invalidations_a_stale_handle_is_found_by_a_failed_share() {
     for invalidate in [true, false] {
