@@ -695,8 +695,9 @@ pub struct ShareArgs {
     /// --all, destroyed ones always).
     #[arg(long, default_value = "2", value_parser = crate::secs)]
     pub list_interval: Duration,
-    /// Data frames of each SHARING_INVALIDATE ring (128 records a frame).
-    #[arg(long, default_value_t = 4)]
+    /// Data frames of each SHARING_INVALIDATE ring (128 records a frame);
+    /// a scan pass attempts at most half a ring of shares.
+    #[arg(long, default_value_t = 16)]
     pub frames: u32,
     /// Records per notification.
     #[arg(long, default_value_t = 64)]
@@ -730,6 +731,12 @@ pub fn cmd<W: Write>(
         .collect::<Result<Vec<_>, _>>()?;
     let config = Config {
         invalidate: !a.no_invalidate,
+        // The records of a pass's own shares must fit the rings.
+        shares_per_pass: if a.no_invalidate {
+            u64::MAX
+        } else {
+            (u64::from(a.frames) * 128 / 2).max(1)
+        },
         ..Config::default()
     }
     .with_rate(a.pages_per_sec, a.pass_interval);

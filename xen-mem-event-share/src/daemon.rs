@@ -34,6 +34,11 @@ pub struct Config {
     /// Apply invalidation records (false: `--no-invalidate`, stale
     /// entries are only found when a share fails).
     pub invalidate: bool,
+    /// A pass ends early (between two batches) once it has attempted
+    /// this many shares, so that the records its own shares post
+    /// (`MERGED`, one per gfn moved) are consumed before the next pass
+    /// rather than overflow the rings: set it to half the smallest ring.
+    pub shares_per_pass: u64,
 }
 
 impl Default for Config {
@@ -44,6 +49,7 @@ impl Default for Config {
             pages_per_pass: 4096,
             pass_interval: Duration::from_millis(100),
             invalidate: true,
+            shares_per_pass: u64::MAX,
         }
     }
 }
@@ -211,8 +217,12 @@ impl Daemon {
     /// 1/[`HOLE_COST_DIV`] of a page.  Returns the budget used.
     pub fn pass<B: Backend + ?Sized>(&mut self, xen: &mut B) -> u64 {
         let (mut budget, mut scanned, mut idle) = (self.cfg.pages_per_pass, 0, 0);
-        let full_scans = self.stats.full_scans;
-        while budget > 0 && idle <= self.doms.len() && self.stats.full_scans == full_scans {
+        let (full_scans, attempts) = (self.stats.full_scans, self.stats.share_attempts);
+        while budget > 0
+            && idle <= self.doms.len()
+            && self.stats.full_scans == full_scans
+            && self.stats.share_attempts - attempts < self.cfg.shares_per_pass
+        {
             let Some(domid) = self.next_domain() else {
                 break;
             };

@@ -207,6 +207,26 @@ fn holes_cost_a_pass_little() {
     assert_eq!(s.host_saved, 63);
 }
 
+/// A pass stops between two batches once it has attempted
+/// `shares_per_pass` shares: its own MERGED records then fit the rings.
+#[test]
+fn a_pass_stops_after_its_share_budget() {
+    let mut host = Host::new(1024);
+    host.domain(1, 64, |_| 0);
+    let mut d = Daemon::new(Config {
+        batch: 8,
+        pages_per_pass: 64,
+        shares_per_pass: 10,
+        ..Config::default()
+    });
+    d.add_domain(1);
+    assert_eq!(d.pass(&mut host.xen), 16, "two batches: 7 + 8 shares");
+    assert_eq!(d.stats().share_attempts, 15);
+    host.settle(&mut d);
+    let s = assert_sane(&mut host, &d);
+    assert_eq!((s.share_ok, s.host_saved), (63, 63));
+}
+
 /// Counts the single-page reads (the compares after nomination).
 struct Counting<'a> {
     xen: &'a mut xen_mem_event_share::model::ModelXen,

@@ -30,7 +30,7 @@ echo "free memory: $(free_mib) MiB"
 
 say "one sharing daemon for the three guests (scan, nominate, compare, share; a SHARING_INVALIDATE ring each)"
 xen-mem-event share --domain demo1 --domain demo2 --domain demo3 --interval 2 \
-    --pages-per-sec 200000 --pass-interval 0.2 > "$R-share.log" 2>&1 &
+    --pages-per-sec 200000 --pass-interval 0.1 > "$R-share.log" 2>&1 &
 S=$!
 tail -n +1 -f "$R-share.log" 2>/dev/null | sed -u 's/^/[share] /' &
 T1=$!

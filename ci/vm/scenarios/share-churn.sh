@@ -46,7 +46,7 @@ run() {
     local mode=$1 out=$R-$1.jsonl fs att okn ss sc sf ps saved agrees rc verdict
     shift
     xen-mem-event share --domain sc1 --domain sc2 --json --interval 2 \
-        --pages-per-sec 200000 --pass-interval 0.2 "$@" > "$out" 2> "$out.err" &
+        --pages-per-sec 200000 --pass-interval 0.1 "$@" > "$out" 2> "$out.err" &
     local pid=$!
     churn 64 1
     sleep "$CHURN_S"

@@ -47,7 +47,7 @@ xme_log "before the daemon: free ${free0} MiB, Xen freed $freed0 pages in $used0
 # ------------------------------------------------------------ 2. daemon
 t0=$(now_ms)
 xen-mem-event share --domain sd1 --domain sd2 --domain sd3 --json --interval 1 \
-    --pages-per-sec 200000 --pass-interval 0.2 > "$R.jsonl" 2> "$R.err" &
+    --pages-per-sec 200000 --pass-interval 0.1 > "$R.jsonl" 2> "$R.err" &
 S=$!
 if wait_for 30 sh -c "[ \$(grep -c '\"kind\":\"managed\"' '$R.jsonl') -ge 3 ]" &&
    wait_for 10 ring_connected "${DOMS[2]}" SHARING_INVALIDATE; then
