@@ -73,7 +73,8 @@ enum Cmd {
     Pager(PagerArgs),
     /// Attach to the SHARING_INVALIDATE ring and report invalidations.
     ///
-    /// Consumes records in batches (one notification per --batch records),
+    /// Consumes records in batches (one notification per --batch records,
+    /// at most half the ring: a larger --batch is clamped, and said so),
     /// prints a summary line per interval (or every record with
     /// --records), reports how many records Xen dropped because the ring
     /// was full, and keeps the set of handles seen invalidated.
@@ -99,7 +100,8 @@ enum Cmd {
         /// Data frames per array (power of two, 1-64).
         #[arg(long, default_value_t = 1)]
         frames: u32,
-        /// Records per notification (invalidate rings only).
+        /// Records per notification (invalidate rings only; Xen clamps it
+        /// to half the ring and refuses more than the ring).
         #[arg(long)]
         batch: Option<u32>,
         /// Take the ring over from its current consumer.

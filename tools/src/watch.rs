@@ -136,8 +136,13 @@ fn serve<B: Backend, W: Write>(
 ) -> Result<Ended, ToolError> {
     ring.set_batch(opts.batch)?;
     let domid = ring.ring().domid();
+    let clamped = if opts.batch > ring.batch_size() {
+        format!(" (--batch {} clamped to half the ring)", opts.batch)
+    } else {
+        String::new()
+    };
     out.note(&format!(
-        "d{domid} SHARING_INVALIDATE: attached ({} slots, batch {}); Ctrl-C to detach",
+        "d{domid} SHARING_INVALIDATE: attached ({} slots, batch {}{clamped}); Ctrl-C to detach",
         ring.ring().nr_slots(),
         ring.batch_size()
     ))?;

@@ -198,6 +198,17 @@ impl Backend for HarnessBackend {
         if ty.is_sync() && params.batch != 0 {
             return Err(Error::from_errno(op, domid, ty, libc::EINVAL));
         }
+        // As the domctl: a threshold beyond the ring is refused, and the
+        // one in force (GET_INFO) is clamped to half the ring.
+        let nr_slots = params.frames.saturating_mul(128);
+        if params.batch > nr_slots {
+            return Err(Error::from_errno(op, domid, ty, libc::EINVAL));
+        }
+        let batch = if ty.is_sync() {
+            0
+        } else {
+            xen_mem_event::layout::clamp_batch(params.batch, nr_slots)
+        };
         if !params.takeover && self.ring(domid, ty).is_some() {
             return Err(Error::Busy { op, domid, ty });
         }
@@ -227,7 +238,7 @@ impl Backend for HarnessBackend {
             })?,
             port: self.next_port.fetch_add(1, Ordering::Relaxed) + 10,
             token,
-            batch: params.batch,
+            batch,
             frames: total_frames(ty.raw(), params.frames),
             unpaused: Mutex::new(Vec::new()),
             consumer_kicks: AtomicU64::new(0),

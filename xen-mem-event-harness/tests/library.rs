@@ -10,7 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use xen_mem_event::{AsyncRing, Backend, Error, EventType, SyncRing};
-use xen_mem_event_harness::HarnessBackend;
+use xen_mem_event_harness::{HarnessBackend, HarnessRing};
 
 const DOM: u16 = 5;
 
@@ -165,6 +165,8 @@ fn batches_cost_one_notification() {
         let batches = 20u64;
         let mut got = 0u64;
         for b in 0..batches {
+            // The consumer finds the ring empty: it arms and would sleep.
+            assert!(!ring.wait(Some(Duration::ZERO)).unwrap());
             for i in 0..u64::from(batch) {
                 hv.put_invalidate(b * 1000 + i, i, DOM, 1, 1);
             }
@@ -184,6 +186,129 @@ fn batches_cost_one_notification() {
         );
         assert_eq!(ring.ring().info().unwrap().notifications, batches);
     }
+}
+
+type Inval = AsyncRing<Arc<HarnessBackend>>;
+
+/// A 1-frame invalidate ring with threshold `batch`, and Xen's side of it.
+fn invalidate_ring(batch: u32) -> (Arc<HarnessBackend>, Inval, Arc<HarnessRing>) {
+    let xen = HarnessBackend::new();
+    xen.add_domain(DOM, 1);
+    let ring = AsyncRing::builder(Arc::clone(&xen), DOM)
+        .frames(1)
+        .batch(batch)
+        .register()
+        .unwrap();
+    let hv = xen.ring(DOM, EventType::SharingInvalidate).unwrap();
+    (xen, ring, hv)
+}
+
+/// `req_event` as the consumer last wrote it.
+fn req_event(hv: &HarnessRing) -> u32 {
+    let p = hv.hv().base().wrapping_add(132).cast::<AtomicU32>();
+    // SAFETY: offset 132 of the ring page is req_event, 4-byte aligned, and
+    // the ring outlives the call.
+    unsafe { &*p }.load(Ordering::Acquire)
+}
+
+#[test]
+fn a_busy_consumer_is_not_kicked_and_does_not_rearm() {
+    let (_xen, mut ring, hv) = invalidate_ring(4);
+    let mut seq = 0u64;
+    let mut post = |n: u64| {
+        for _ in 0..n {
+            hv.put_invalidate(seq, seq, DOM, 2, 0);
+            seq += 1;
+        }
+    };
+    // Records keep coming: each look finds more waiting.
+    post(4);
+    let mut event = None;
+    for round in 0..50 {
+        assert!(ring.wait(Some(Duration::from_secs(5))).unwrap());
+        assert_eq!(
+            ring.batch().unwrap().count(),
+            if round == 0 { 4 } else { 3 }
+        );
+        post(3); // below the threshold: taken because the consumer is awake
+        let now = req_event(&hv);
+        assert_eq!(
+            *event.get_or_insert(now),
+            now,
+            "round {round}: req_event rewritten"
+        );
+    }
+    assert!(ring.wait(Some(Duration::ZERO)).unwrap());
+    assert_eq!(ring.batch().unwrap().count(), 3);
+    assert_eq!(
+        hv.producer_kicks(),
+        1,
+        "only the kick that woke the consumer"
+    );
+
+    // Idle: the ring is empty, so the consumer arms before it sleeps.
+    assert!(!ring.wait(Some(Duration::from_millis(1))).unwrap());
+    let cons = 4 + 50 * 3;
+    assert_eq!(req_event(&hv), cons + 4, "armed at req_cons + batch");
+    post(3);
+    assert!(
+        !ring.wait(Some(Duration::ZERO)).unwrap(),
+        "below the threshold"
+    );
+    assert_eq!(hv.producer_kicks(), 1);
+    post(1);
+    assert_eq!(hv.producer_kicks(), 2, "one kick for the full batch");
+    assert!(ring.wait(Some(Duration::from_secs(5))).unwrap());
+    assert_eq!(ring.batch().unwrap().count(), 4);
+}
+
+#[test]
+fn a_consumer_woken_by_a_timeout_parks_req_event_out_of_reach() {
+    let (_xen, mut ring, hv) = invalidate_ring(8);
+    for i in 0..3 {
+        hv.put_invalidate(i, i, DOM, 2, 0);
+    }
+    // The tail of a trickle: taken after the timeout, event still armed.
+    assert_eq!(
+        ring.drain_timeout(Duration::from_millis(1))
+            .unwrap()
+            .count(),
+        3
+    );
+    // Awake now: more records must not kick it, even past the old event.
+    for i in 3..20 {
+        hv.put_invalidate(i, i, DOM, 2, 0);
+    }
+    assert_eq!(hv.producer_kicks(), 0);
+    assert!(ring.wait(Some(Duration::ZERO)).unwrap());
+    assert_eq!(ring.batch().unwrap().count(), 17);
+}
+
+#[test]
+fn a_threshold_above_half_the_ring_is_clamped() {
+    let xen = HarnessBackend::new();
+    xen.add_domain(DOM, 1);
+    // 128 slots: at most 64 per notification (Xen refuses more than 128).
+    let mut ring = AsyncRing::builder(Arc::clone(&xen), DOM)
+        .frames(1)
+        .batch(256)
+        .register()
+        .unwrap();
+    assert_eq!(ring.batch_size(), 64);
+    assert_eq!(ring.ring().info().unwrap().batch, 64);
+    let hv = xen.ring(DOM, EventType::SharingInvalidate).unwrap();
+    for i in 0..64 {
+        hv.put_invalidate(i, i, DOM, 2, 0);
+    }
+    assert_eq!(hv.producer_kicks(), 1, "a kick at half the ring");
+    assert!(ring.wait(Some(Duration::from_secs(5))).unwrap());
+    assert_eq!(ring.batch().unwrap().count(), 64);
+    ring.set_batch(100).unwrap();
+    assert_eq!(ring.batch_size(), 64);
+    ring.set_batch(0).unwrap();
+    assert_eq!(ring.batch_size(), 1);
+    ring.set_batch(64).unwrap();
+    assert_eq!(ring.batch_size(), 64);
 }
 
 #[test]

@@ -68,10 +68,18 @@ pub struct InvalidateRecord {
 /// the number of records Xen lost since the previous batch.
 ///
 /// Notifications are coalesced: [`set_batch`](AsyncRing::set_batch)`(n)`
-/// asks Xen to kick only once `n` records are waiting;
+/// asks Xen to kick only once `n` records are waiting (at most half the
+/// ring: the consumer drains one half while Xen fills the other);
 /// [`wait`](AsyncRing::wait) waits for that, and
 /// [`drain_timeout`](AsyncRing::drain_timeout) takes whatever arrived when
 /// a trickle stops short of `n`.
+///
+/// A consumer that is awake does not ask for kicks at all: once a batch
+/// took records, `wait` returns as soon as any record is waiting, and
+/// `req_event` is left (or parked) out of Xen's reach, so a steady stream
+/// costs no notification, no fence and no store to `req_event`.  Only when
+/// it finds the ring empty does `wait` arm `req_event = req_cons + n`,
+/// fence, re-check `req_prod`, and sleep.
 ///
 /// # Example
 ///
@@ -109,7 +117,17 @@ pub struct AsyncRing<B: Backend> {
     lost_seen: u64,
     /// How long `wait` polls before sleeping on the event channel.
     spin: Duration,
+    /// The `req_event` this consumer last stored.
+    event: u32,
+    /// The last batch took records: `wait` returns as soon as any record
+    /// is waiting, without arming.
+    busy: bool,
 }
+
+/// How far ahead of `req_cons` a busy consumer parks `req_event`: out of
+/// Xen's reach (`req_prod` is never more than `nr_slots` ahead of
+/// `req_cons`) for the next 2^31 - `nr_slots` records.
+const PARKED: u32 = 1 << 31;
 
 /// Builder for an [`AsyncRing`].
 #[derive(Debug)]
@@ -126,7 +144,8 @@ impl<B: Backend> AsyncRingBuilder<B> {
         }
     }
 
-    /// Records per notification (clamped to the ring size; 0 = 1).
+    /// Records per notification (0 = 1; clamped to half the ring, as Xen
+    /// clamps it: [`AsyncRing::batch_size`] says what is in force).
     pub fn batch(self, batch: u32) -> Self {
         AsyncRingBuilder {
             inner: self.inner.batch(batch),
@@ -170,7 +189,8 @@ impl<B: Backend> AsyncRing<B> {
             });
         }
         let (req_cons, _) = ring.initial_consumer_indices()?;
-        let batch = ring.params().batch.clamp(1, ring.nr_slots());
+        let batch = layout::clamp_batch(ring.params().batch, ring.nr_slots());
+        let event = ring.load_acquire(Op::Attach, hdr::REQ_EVENT)?;
         Ok(AsyncRing {
             ring,
             req_cons,
@@ -179,14 +199,17 @@ impl<B: Backend> AsyncRing<B> {
             seq_gaps: 0,
             lost_seen: 0,
             spin: Duration::ZERO,
+            event,
+            busy: false,
         })
     }
 
     /// Lets [`wait`](AsyncRing::wait) poll the producer index for up to
     /// `spin` before sleeping on the event channel (default: zero, sleep at
     /// once).  For high-volume consumers on an otherwise idle CPU, a few
-    /// tens of microseconds save a sleep and a wake-up per batch; the
-    /// notification protocol is unchanged (`req_event` stays armed).
+    /// tens of microseconds save a sleep and a wake-up per batch.  The
+    /// poll comes before `req_event` is armed, so Xen does not kick a
+    /// consumer that is polling.
     pub fn set_spin(&mut self, spin: Duration) {
         self.spin = spin;
     }
@@ -196,7 +219,7 @@ impl<B: Backend> AsyncRing<B> {
         &self.ring
     }
 
-    /// The notification threshold.
+    /// The notification threshold in force (at most half the ring).
     pub fn batch_size(&self) -> u32 {
         self.batch
     }
@@ -212,50 +235,97 @@ impl<B: Backend> AsyncRing<B> {
     }
 
     /// Records waiting in the ring.
+    #[inline]
     pub fn available(&mut self) -> Result<u32, Error> {
         let prod = self.ring.req_prod(Op::Consume, self.req_cons)?;
         Ok(layout::ring_distance(prod, self.req_cons))
     }
 
     /// Sets the notification threshold to `n` records (clamped to
-    /// `1..=nr_slots`): `req_event = req_cons + n`.  Then re-checks
-    /// `req_prod`: returns `true` if `n` records are already waiting, in
-    /// which case no kick will come for them.
+    /// `1..=nr_slots / 2`, as Xen clamps it; [`batch_size`] says what is in
+    /// force): `req_event = req_cons + n`.  Then re-checks `req_prod`:
+    /// returns `true` if `n` records are already waiting, in which case no
+    /// kick will come for them.
+    ///
+    /// [`batch_size`]: AsyncRing::batch_size
     pub fn set_batch(&mut self, n: u32) -> Result<bool, Error> {
-        self.batch = n.clamp(1, self.ring.nr_slots());
+        self.batch = layout::clamp_batch(n, self.ring.nr_slots());
         self.arm()
     }
 
-    /// Publishes `req_event` for the current threshold and re-checks.
+    /// Publishes `req_event` for the current threshold, fences, and
+    /// re-checks: the step before sleeping.
     fn arm(&mut self) -> Result<bool, Error> {
         let event = self.req_cons.wrapping_add(self.batch);
         self.ring.check(Op::Wait)?;
         self.ring.store_event(Op::Wait, event)?;
+        self.event = event;
+        self.busy = false;
         Ok(self.available()? >= self.batch)
+    }
+
+    /// After `req_cons` moved while awake: if Xen could still reach the
+    /// armed `req_event` (it is ahead of `req_cons` by at most the ring
+    /// size), move it out of reach, so that a consumer that is not going
+    /// to sleep is not kicked.  No fence: a kick that is sent anyway is
+    /// only a wasted one.  One store per wake-up at most (none when the
+    /// wake-up was a kick: the event is then behind).
+    #[inline]
+    fn park(&mut self) -> Result<(), Error> {
+        let ahead = self.event.wrapping_sub(self.req_cons);
+        if ahead == 0 || ahead > self.ring.nr_slots() {
+            return Ok(());
+        }
+        let event = self.req_cons.wrapping_add(PARKED);
+        self.ring
+            .store_release(Op::Consume, hdr::REQ_EVENT, event)?;
+        self.event = event;
+        Ok(())
+    }
+
+    /// Polls for `want` records until `until`, without arming.
+    fn spin_for(&mut self, want: u32, until: Instant) -> Result<bool, Error> {
+        while Instant::now() < until {
+            for _ in 0..64 {
+                if self.available()? >= want {
+                    return Ok(true);
+                }
+                std::hint::spin_loop();
+            }
+        }
+        Ok(false)
     }
 
     /// Waits until the threshold is reached (at most `timeout`; `None`
     /// waits forever).  Returns whether it is.
+    ///
+    /// While the consumer is awake (its last batch took records), any
+    /// waiting record counts: it returns `true` at once, without touching
+    /// `req_event`.  Once the ring is found empty, it polls (see
+    /// [`set_spin`](AsyncRing::set_spin)), then arms
+    /// `req_event = req_cons + threshold`, fences, re-checks, and sleeps on
+    /// the event channel until Xen kicks.
     pub fn wait(&mut self, timeout: Option<Duration>) -> Result<bool, Error> {
         let deadline = crate::ring::deadline_after(timeout);
+        let want = if self.busy { 1 } else { self.batch };
+        if self.available()? >= want {
+            return Ok(true);
+        }
+        if !self.spin.is_zero() {
+            let until = crate::ring::deadline_after(Some(self.spin));
+            let until = match (deadline, until) {
+                (Some(d), Some(u)) => Some(d.min(u)),
+                (d, u) => d.or(u),
+            };
+            // Spinning for ever is not what `spin` is for: cap it.
+            let until = until.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            if self.spin_for(want, until)? {
+                return Ok(true);
+            }
+        }
         loop {
             if self.arm()? {
                 return Ok(true);
-            }
-            if !self.spin.is_zero() {
-                let until = crate::ring::deadline_after(Some(self.spin));
-                let until = match (deadline, until) {
-                    (Some(d), Some(u)) => Some(d.min(u)),
-                    (d, u) => d.or(u),
-                };
-                // Spinning for ever is not what `spin` is for: cap it.
-                let until = until.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
-                while Instant::now() < until {
-                    if self.available()? >= self.batch {
-                        return Ok(true);
-                    }
-                    std::hint::spin_loop();
-                }
             }
             let Some(left) = crate::ring::time_left(deadline) else {
                 return Ok(false);
@@ -275,7 +345,9 @@ impl<B: Backend> AsyncRing<B> {
     /// index), so `process` again while it returns `true`.
     pub fn process(&mut self) -> Result<AsyncBatch<'_, B>, Error> {
         self.ring.wait_event(Some(Duration::ZERO))?;
-        self.batch()
+        let mut batch = self.batch()?;
+        batch.arm_on_drop = true;
+        Ok(batch)
     }
 
     /// Publishes `req_event` (`req_cons` + the threshold) and re-checks:
@@ -294,7 +366,10 @@ impl<B: Backend> AsyncRing<B> {
 
     /// Takes the records waiting now: snapshots `req_prod` and the `lost`
     /// counter.  Records are copied out and validated one by one as the
-    /// batch is iterated; dropping the batch releases their slots.
+    /// batch is iterated; dropping the batch releases their slots (and,
+    /// the consumer being awake, leaves `req_event` out of Xen's reach:
+    /// [`wait`](AsyncRing::wait) arms it before sleeping).
+    #[inline]
     pub fn batch(&mut self) -> Result<AsyncBatch<'_, B>, Error> {
         let end = self.ring.req_prod(Op::Consume, self.req_cons)?;
         // Read after req_prod (Acquire): every loss before a record we can
@@ -320,6 +395,7 @@ impl<B: Backend> AsyncRing<B> {
             lost_snapshot: lost,
             seq_gaps: 0,
             done: false,
+            arm_on_drop: false,
         })
     }
 }
@@ -342,9 +418,11 @@ impl<B: Backend> std::os::fd::AsRawFd for AsyncRing<B> {
 ///
 /// Iteration stops at the first malformed record (yielding
 /// [`Error::RingBroken`]).  On drop, `req_cons` is published (Release) for
-/// the records iterated, and `req_event` re-armed to `req_cons + batch`
-/// (so a steady stream costs one kick per batch); records not iterated stay
-/// in the ring for the next batch.
+/// the records iterated; records not iterated stay in the ring for the next
+/// batch.  A batch from [`AsyncRing::process`] also re-arms `req_event` to
+/// `req_cons + batch` (an event loop goes back to sleep next); one from
+/// [`AsyncRing::batch`] leaves it out of Xen's reach (the consumer is
+/// awake; [`AsyncRing::wait`] arms it before it sleeps).
 #[derive(Debug)]
 #[must_use = "iterate the batch to consume its records"]
 pub struct AsyncBatch<'a, B: Backend> {
@@ -355,6 +433,8 @@ pub struct AsyncBatch<'a, B: Backend> {
     lost_snapshot: u64,
     seq_gaps: u64,
     done: bool,
+    /// Re-arm `req_event` on drop (batches of `process`).
+    arm_on_drop: bool,
 }
 
 impl<B: Backend> AsyncBatch<'_, B> {
@@ -385,6 +465,7 @@ impl<B: Backend> AsyncBatch<'_, B> {
         layout::ring_distance(self.end, self.ring.req_cons) as usize
     }
 
+    #[inline]
     fn next_record(&mut self) -> Result<InvalidateRecord, Error> {
         let r = &mut *self.ring;
         let idx = r.req_cons;
@@ -431,6 +512,7 @@ impl<B: Backend> AsyncBatch<'_, B> {
 impl<B: Backend> Iterator for AsyncBatch<'_, B> {
     type Item = Result<InvalidateRecord, Error>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.done || self.ring.req_cons == self.end {
             return None;
@@ -463,9 +545,16 @@ impl<B: Backend> Drop for AsyncBatch<'_, B> {
             log::warn!("publishing req_cons: {e}");
             return;
         }
-        // Re-arm: the next kick when the next full batch is in.
-        let event = cons.wrapping_add(self.ring.batch);
-        if let Err(e) = self.ring.ring.store_event(Op::Consume, event) {
+        self.ring.busy = true;
+        let armed = if self.arm_on_drop {
+            // Re-arm: the next kick when the next full batch is in.
+            let event = cons.wrapping_add(self.ring.batch);
+            self.ring.event = event;
+            self.ring.ring.store_event(Op::Consume, event)
+        } else {
+            self.ring.park()
+        };
+        if let Err(e) = armed {
             log::warn!("publishing req_event: {e}");
         }
     }

@@ -5,7 +5,7 @@ use std::mem::offset_of;
 
 use xen_mem_event_sys::abi;
 
-use crate::shm::RecordBytes;
+use crate::shm::{RecordBytes, RecordWords};
 
 /// Size of a ring frame.
 pub const FRAME_SIZE: usize = abi::XEN_MEM_EVENT_FRAME_SIZE;
@@ -86,6 +86,14 @@ pub fn event_crossed(old: u32, new: u32, req_event: u32) -> bool {
     new.wrapping_sub(req_event) < new.wrapping_sub(old)
 }
 
+/// The notification threshold in force for `batch` on a ring of
+/// `nr_slots`: 0 means 1, and at most half the ring (as Xen clamps it:
+/// the consumer drains one half while Xen fills the other).
+#[inline]
+pub fn clamp_batch(batch: u32, nr_slots: u32) -> u32 {
+    batch.clamp(1, (nr_slots / 2).max(1))
+}
+
 /// Frames per registration of `frames` data frames per array: 1 header
 /// frame plus one array (async) or two (sync).  `None` if `frames` is not a
 /// power of two in `1..=MAX_FRAMES`.
@@ -96,22 +104,41 @@ pub fn total_frames(frames: u32, sync: bool) -> Option<u32> {
     Some(1 + frames * if sync { 2 } else { 1 })
 }
 
-fn u64_at(b: &RecordBytes, off: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&b[off..off + 8]);
-    u64::from_ne_bytes(w)
+/// The 64-bit field at byte `off` (8-aligned) of a record.
+#[inline(always)]
+fn u64_at(w: &RecordWords, off: usize) -> u64 {
+    w[off / 8]
 }
 
-fn u32_at(b: &RecordBytes, off: usize) -> u32 {
-    let mut w = [0u8; 4];
-    w.copy_from_slice(&b[off..off + 4]);
-    u32::from_ne_bytes(w)
+/// The `N` bytes at byte `off` of a record (within one word).
+#[inline(always)]
+fn bytes_at<const N: usize>(w: &RecordWords, off: usize) -> [u8; N] {
+    let word = w[off / 8].to_ne_bytes();
+    let mut out = [0u8; N];
+    out.copy_from_slice(&word[off % 8..off % 8 + N]);
+    out
 }
 
-fn u16_at(b: &RecordBytes, off: usize) -> u16 {
-    let mut w = [0u8; 2];
-    w.copy_from_slice(&b[off..off + 2]);
-    u16::from_ne_bytes(w)
+#[inline(always)]
+fn u32_at(w: &RecordWords, off: usize) -> u32 {
+    u32::from_ne_bytes(bytes_at(w, off))
+}
+
+#[inline(always)]
+fn u16_at(w: &RecordWords, off: usize) -> u16 {
+    u16::from_ne_bytes(bytes_at(w, off))
+}
+
+/// A record's bytes as the words [`Shm::read_record`](crate::shm) returns.
+#[cfg(test)]
+fn words(b: &RecordBytes) -> RecordWords {
+    let mut w = [0u64; RECORD_SIZE / 8];
+    for (w, c) in w.iter_mut().zip(b.chunks_exact(8)) {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(c);
+        *w = u64::from_ne_bytes(a);
+    }
+    w
 }
 
 fn put(b: &mut RecordBytes, off: usize, bytes: &[u8]) {
@@ -131,7 +158,8 @@ pub(crate) struct RawSyncReq {
 }
 
 impl RawSyncReq {
-    pub(crate) fn decode(b: &RecordBytes) -> RawSyncReq {
+    #[inline]
+    pub(crate) fn decode(b: &RecordWords) -> RawSyncReq {
         RawSyncReq {
             id: u64_at(b, offset_of!(Req, id)),
             gfn: u64_at(b, offset_of!(Req, gfn)),
@@ -172,7 +200,7 @@ pub(crate) struct RawSyncRsp {
 
 impl RawSyncRsp {
     #[cfg_attr(not(any(test, feature = "test-utils")), allow(dead_code))] // producer side: `testing`
-    pub(crate) fn decode(b: &RecordBytes) -> RawSyncRsp {
+    pub(crate) fn decode(b: &RecordWords) -> RawSyncRsp {
         let pad = offset_of!(Rsp, _pad);
         RawSyncRsp {
             id: u64_at(b, offset_of!(Rsp, id)),
@@ -210,7 +238,8 @@ pub(crate) struct RawAsyncRec {
 }
 
 impl RawAsyncRec {
-    pub(crate) fn decode(b: &RecordBytes) -> RawAsyncRec {
+    #[inline]
+    pub(crate) fn decode(b: &RecordWords) -> RawAsyncRec {
         RawAsyncRec {
             seq: u64_at(b, offset_of!(Rec, seq)),
             handle: u64_at(b, offset_of!(Rec, handle)),
@@ -291,6 +320,15 @@ mod tests {
     }
 
     #[test]
+    fn batch_is_clamped_to_half_the_ring() {
+        assert_eq!(clamp_batch(0, 128), 1);
+        assert_eq!(clamp_batch(64, 128), 64);
+        assert_eq!(clamp_batch(65, 128), 64);
+        assert_eq!(clamp_batch(256, 128), 64);
+        assert_eq!(clamp_batch(u32::MAX, 8192), 4096);
+    }
+
+    #[test]
     fn frame_counts() {
         assert_eq!(total_frames(1, true), Some(3));
         assert_eq!(total_frames(1, false), Some(2));
@@ -311,14 +349,14 @@ mod tests {
             reason: 1,
             pad: 0,
         };
-        assert_eq!(RawSyncReq::decode(&r.encode()), r);
+        assert_eq!(RawSyncReq::decode(&words(&r.encode())), r);
         let s = RawSyncRsp {
             id: 9,
             vcpu_id: 1,
             flags: 0,
             pad: [0, 3],
         };
-        assert_eq!(RawSyncRsp::decode(&s.encode()), s);
+        assert_eq!(RawSyncRsp::decode(&words(&s.encode())), s);
         let a = RawAsyncRec {
             seq: 42,
             handle: 77,
@@ -327,6 +365,6 @@ mod tests {
             reason: 2,
             flags: 1,
         };
-        assert_eq!(RawAsyncRec::decode(&a.encode()), a);
+        assert_eq!(RawAsyncRec::decode(&words(&a.encode())), a);
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::backend::{Backend, EventChannel, RegisterParams, Registration, Token};
 use crate::layout::{self, hdr, FRAME_SIZE, INTERFACE_VERSION, RECORD_SIZE, SLOTS_PER_FRAME};
-use crate::shm::{RecordBytes, Shm};
+use crate::shm::{RecordBytes, RecordWords, Shm};
 use crate::{BrokenReason, Error, EventType, Op, RingInfo};
 
 const F_BROKEN: u32 = xen_mem_event_sys::abi::XEN_MEM_EVENT_RING_F_BROKEN;
@@ -100,7 +100,8 @@ impl<B: Backend> RingBuilder<B> {
     }
 
     /// Async rings: records per notification at registration (0 = 1).
-    /// Default 0.  Ignored for sync rings (the backend gets 0: the field is
+    /// Default 0.  Clamped to half the ring before it is registered, as
+    /// Xen clamps it (Xen refuses more than the ring).  Ignored for sync rings (the backend gets 0: the field is
     /// unused for them and Xen wants unused fields zero).
     pub fn batch(mut self, batch: u32) -> Self {
         self.params.batch = batch;
@@ -187,6 +188,12 @@ impl<B: Backend> Ring<B> {
                 domid: Some(domid),
                 what: "frames must be a power of two in 1..=64",
             })?;
+        if !sync {
+            // Xen refuses a threshold beyond the ring and clamps it to half
+            // the ring: register what will be in force.
+            let nr_slots = params.frames.saturating_mul(SLOTS_PER_FRAME);
+            params.batch = params.batch.min((nr_slots / 2).max(1));
+        }
         let reg = backend.register(domid, ty, params)?;
 
         let mut guard = SetupGuard {
@@ -299,6 +306,7 @@ impl<B: Backend> Ring<B> {
     }
 
     /// Slots per array.
+    #[inline]
     pub fn nr_slots(&self) -> u32 {
         self.geo.nr_slots
     }
@@ -354,6 +362,7 @@ impl<B: Backend> Ring<B> {
     }
 
     /// The header flags (an unreadable header reads as broken).
+    #[inline]
     fn flags(&self) -> u32 {
         self.shm.load_acquire_u32(hdr::FLAGS).unwrap_or(F_BROKEN)
     }
@@ -398,6 +407,7 @@ impl<B: Backend> Ring<B> {
     }
 
     /// Records `reason` (the first one sticks) and returns the error.
+    #[cold]
     pub(crate) fn broken(&self, op: Op, reason: BrokenReason) -> Error {
         let reason = *self.broken.get_or_init(|| reason);
         Error::RingBroken {
@@ -409,6 +419,7 @@ impl<B: Backend> Ring<B> {
     }
 
     /// Fails if the ring is (or was found) broken, or is detached.
+    #[inline]
     pub(crate) fn check(&self, op: Op) -> Result<(), Error> {
         if let Some(&reason) = self.broken.get() {
             return Err(self.broken(op, reason));
@@ -424,6 +435,7 @@ impl<B: Backend> Ring<B> {
     }
 
     /// `req_prod`, with Acquire, checked against `req_cons`.
+    #[inline]
     pub(crate) fn req_prod(&self, op: Op, req_cons: u32) -> Result<u32, Error> {
         self.check(op)?;
         let prod = self.load_acquire(op, hdr::REQ_PROD)?;
@@ -439,6 +451,7 @@ impl<B: Backend> Ring<B> {
         Ok(prod)
     }
 
+    #[cold]
     fn oob(&self, op: Op, off: usize) -> Error {
         self.broken(
             op,
@@ -449,6 +462,7 @@ impl<B: Backend> Ring<B> {
         )
     }
 
+    #[inline]
     pub(crate) fn load_acquire(&self, op: Op, off: usize) -> Result<u32, Error> {
         match self.shm.load_acquire_u32(off) {
             Some(v) => Ok(v),
@@ -456,6 +470,7 @@ impl<B: Backend> Ring<B> {
         }
     }
 
+    #[inline]
     pub(crate) fn load_u64(&self, op: Op, off: usize) -> Result<u64, Error> {
         match self.shm.load_u64(off) {
             Some(v) => Ok(v),
@@ -463,6 +478,7 @@ impl<B: Backend> Ring<B> {
         }
     }
 
+    #[inline]
     pub(crate) fn store_release(&self, op: Op, off: usize, v: u32) -> Result<(), Error> {
         match self.shm.store_release_u32(off, v) {
             Some(()) => Ok(()),
@@ -478,7 +494,8 @@ impl<B: Backend> Ring<B> {
         Ok(())
     }
 
-    pub(crate) fn read_req(&self, op: Op, idx: u32) -> Result<RecordBytes, Error> {
+    #[inline]
+    pub(crate) fn read_req(&self, op: Op, idx: u32) -> Result<RecordWords, Error> {
         let off = layout::slot_offset(self.geo.req_off, idx, self.geo.nr_slots);
         match self.shm.read_record(off) {
             Some(r) => Ok(r),

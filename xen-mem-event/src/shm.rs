@@ -29,6 +29,13 @@ use crate::layout::{FRAME_SIZE, RECORD_SIZE};
 /// One 32-byte record, as bytes (native endian, as in the C structs).
 pub(crate) type RecordBytes = [u8; RECORD_SIZE];
 
+/// One 32-byte record as it is copied out: four naturally aligned 64-bit
+/// words (native endian).  Decoding takes fields out of the words with
+/// shifts, so the copy never goes through a byte array that a surrounding
+/// `Option`/`Result` tag could misalign (a misaligned reload defeats
+/// store-to-load forwarding).
+pub(crate) type RecordWords = [u64; RECORD_SIZE / 8];
+
 /// The shared mapping of a ring.
 #[derive(Debug)]
 pub(crate) struct Shm {
@@ -64,11 +71,13 @@ impl Shm {
     }
 
     /// Bytes mapped.
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
 
     /// The pointer to `size` bytes at `off`, if in bounds and aligned.
+    #[inline]
     fn at(&self, off: usize, size: usize) -> Option<*mut u8> {
         let end = off.checked_add(size)?;
         if end > self.len || off % size != 0 {
@@ -78,6 +87,7 @@ impl Shm {
         Some(self.base.wrapping_add(off))
     }
 
+    #[inline]
     fn u32_at(&self, off: usize) -> Option<&AtomicU32> {
         let p = self.at(off, 4)?;
         // SAFETY: `p` is in bounds of the live mapping (checked by `at`,
@@ -87,12 +97,14 @@ impl Shm {
         Some(unsafe { AtomicU32::from_ptr(p.cast::<u32>()) })
     }
 
+    #[inline]
     fn u64_at(&self, off: usize) -> Option<&AtomicU64> {
         let p = self.at(off, 8)?;
         // SAFETY: as in `u32_at`, with 8-byte size and alignment.
         Some(unsafe { AtomicU64::from_ptr(p.cast::<u64>()) })
     }
 
+    #[inline]
     fn u16_at(&self, off: usize) -> Option<&AtomicU16> {
         let p = self.at(off, 2)?;
         // SAFETY: as in `u32_at`, with 2-byte size and alignment.
@@ -100,22 +112,26 @@ impl Shm {
     }
 
     /// Loads a 32-bit field with Acquire ordering.
+    #[inline]
     pub(crate) fn load_acquire_u32(&self, off: usize) -> Option<u32> {
         Some(self.u32_at(off)?.load(Ordering::Acquire))
     }
 
     /// Loads a 16-bit field with Relaxed ordering.
+    #[inline]
     pub(crate) fn load_u16(&self, off: usize) -> Option<u16> {
         Some(self.u16_at(off)?.load(Ordering::Relaxed))
     }
 
     /// Loads a 64-bit field with Acquire ordering.
+    #[inline]
     pub(crate) fn load_u64(&self, off: usize) -> Option<u64> {
         Some(self.u64_at(off)?.load(Ordering::Acquire))
     }
 
     /// Stores a 32-bit field with Release ordering: everything this thread
     /// read or wrote before is ordered before the store.
+    #[inline]
     pub(crate) fn store_release_u32(&self, off: usize, v: u32) -> Option<()> {
         self.u32_at(off)?.store(v, Ordering::Release);
         Some(())
@@ -143,16 +159,19 @@ impl Shm {
         Some(())
     }
 
-    /// Copies a 32-byte record out of shared memory.
-    pub(crate) fn read_record(&self, off: usize) -> Option<RecordBytes> {
+    /// Copies a 32-byte record out of shared memory, as four aligned
+    /// 64-bit words (one bounds check for the whole record).
+    #[inline]
+    pub(crate) fn read_record(&self, off: usize) -> Option<RecordWords> {
         // Whole record in bounds and 32-byte aligned, so each word is too.
-        self.at(off, RECORD_SIZE)?;
-        let mut out = [0u8; RECORD_SIZE];
-        for (i, chunk) in out.chunks_exact_mut(8).enumerate() {
-            let w = self.u64_at(off + i * 8)?.load(Ordering::Relaxed);
-            chunk.copy_from_slice(&w.to_ne_bytes());
-        }
-        Some(out)
+        let p = self.at(off, RECORD_SIZE)?.cast::<u64>();
+        let word = |i: usize| {
+            // SAFETY: `p + i` (i < 4) is inside the record `at` checked: in
+            // bounds of the live mapping and 8-byte aligned (the record is
+            // 32-byte aligned); only ever accessed atomically.
+            unsafe { AtomicU64::from_ptr(p.wrapping_add(i)) }.load(Ordering::Relaxed)
+        };
+        Some([word(0), word(1), word(2), word(3)])
     }
 
     /// Copies a 32-byte record into shared memory.

@@ -189,7 +189,8 @@ impl FakeRing {
                 return;
             }
             let off = layout::slot_offset(self.rsp_off, self.rsp_cons, self.nr_slots);
-            let rsp = RawSyncRsp::decode(&self.shm.read_record(off).unwrap_or([0; RECORD_SIZE]));
+            let rsp =
+                RawSyncRsp::decode(&self.shm.read_record(off).unwrap_or([0; RECORD_SIZE / 8]));
             self.rsp_cons = self.rsp_cons.wrapping_add(1);
             let _ = self.shm.store_release_u32(hdr::RSP_CONS, self.rsp_cons);
             let vcpu = rsp.id & 0xffff;
@@ -597,6 +598,10 @@ impl Backend for FakeXen {
             }
         }
         let nr_slots = params.frames * SLOTS_PER_FRAME;
+        // As the domctl: a threshold beyond the ring is refused.
+        if params.batch > nr_slots {
+            return Err(fake_err(Op::Register, domid, ty, libc::EINVAL));
+        }
         if sync && (max_vcpus == 0 || max_vcpus > nr_slots) {
             return Err(fake_err(Op::Register, domid, ty, libc::ENOSPC));
         }
@@ -605,7 +610,12 @@ impl Backend for FakeXen {
         let shm = Shm::new(Box::new(mem.clone()))
             .map_err(|_| fake_err(Op::Register, domid, ty, libc::ENOMEM))?;
         let start = st.start_index;
-        let batch = if sync { 1 } else { params.batch.max(1) };
+        // As Xen: at most half the ring (what GET_INFO reports too).
+        let batch = if sync {
+            1
+        } else {
+            layout::clamp_batch(params.batch, nr_slots)
+        };
         let rsp_off = if sync { FRAME_SIZE + array } else { 0 };
         let init = [
             (hdr::VERSION, INTERFACE_VERSION),
