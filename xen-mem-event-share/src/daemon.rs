@@ -76,6 +76,27 @@ struct DomScan {
     wrapped: bool,
 }
 
+/// Gfns per hole chunk: the unit in which unreadable gfn ranges are
+/// remembered and skipped.
+pub const HOLE_CHUNK: u64 = 512;
+/// A chunk that follows unreadable gfns is first probed at one gfn in
+/// this many (mapping a hole costs a hypercall per gfn on a PV dom0).
+pub const PROBE_STRIDE: usize = 16;
+/// Chunks known to be holes are probed again every this many full scans
+/// (a guest's memory map may change); skipped otherwise.
+pub const HOLE_RECHECK: u64 = 8;
+
+/// What the scan learnt of a domain's holes.
+#[derive(Debug, Clone, Default)]
+struct Holes {
+    /// Chunks (gfn / [`HOLE_CHUNK`]) found entirely unreadable.
+    known: FxHashSet<u64>,
+    /// The gfn read just before the cursor was unreadable.
+    after_hole: bool,
+    /// A gfn of the chunk being read was readable.
+    chunk_readable: bool,
+}
+
 /// One side of a merge.
 #[derive(Debug, Clone, Copy)]
 struct Side {
@@ -105,6 +126,8 @@ pub struct Daemon {
     /// (a write unshares the writer's gfn instead), so it need not be read
     /// again (see [`Daemon::both_zero`]).  A cache, cleared when large.
     zero_handles: FxHashSet<Handle>,
+    /// Per domain, its holes (see [`HOLE_CHUNK`]).
+    holes: BTreeMap<DomId, Holes>,
 }
 
 impl Daemon {
@@ -123,6 +146,7 @@ impl Daemon {
             keys: Vec::with_capacity(MAX_BATCH),
             bad: Vec::new(),
             zero_handles: FxHashSet::default(),
+            holes: BTreeMap::new(),
         }
     }
 
@@ -149,6 +173,7 @@ impl Daemon {
     /// it was not managed.
     pub fn remove_domain(&mut self, domid: DomId) -> bool {
         self.table.forget_domain(domid);
+        self.holes.remove(&domid);
         self.doms.remove(&domid).is_some()
     }
 
@@ -195,6 +220,9 @@ impl Daemon {
             return;
         };
         *s = DomScan::default();
+        if let Some(h) = self.holes.get_mut(&domid) {
+            h.after_hole = false;
+        }
         self.table.forget_domain(domid);
         self.stats.rescans += 1;
     }
@@ -256,20 +284,89 @@ impl Daemon {
             return 0;
         };
         let room = count.saturating_sub(s.cursor);
-        let n = room.min(budget).min(self.cfg.batch as u64);
+        let (chunk, offset) = (s.cursor / HOLE_CHUNK, s.cursor % HOLE_CHUNK);
+        if offset == 0 && room > 0 {
+            if let Some(cost) = self.skip_hole(xen, domid, chunk, room) {
+                self.advance(domid, HOLE_CHUNK.min(room), count);
+                return cost;
+            }
+        }
+        // Batches never straddle a chunk boundary.
+        let n = room
+            .min(budget)
+            .min(self.cfg.batch as u64)
+            .min(HOLE_CHUNK - offset);
         let mut cost = 0;
         if n > 0 {
             let gfns: Vec<Gfn> = (s.cursor..s.cursor + n).collect();
             let (read, errors) = self.scan_batch(xen, domid, &gfns);
             cost = (read + errors.div_ceil(HOLE_COST_DIV)).max(1);
+            // The batch ended in unreadable gfns: the next chunk may be a
+            // hole too.
+            let tail_bad = self.bad.last() == Some(&(s.cursor + n - 1));
+            let h = self.holes.entry(domid).or_default();
+            h.after_hole = tail_bad;
+            h.chunk_readable |= read > 0;
+            // The chunk ends here, entirely unreadable: remember it.
+            let ends = offset + n == HOLE_CHUNK || s.cursor + n >= count;
+            if ends && !h.chunk_readable && errors > 0 {
+                h.known.insert(chunk);
+            }
         }
+        self.advance(domid, n, count);
+        cost
+    }
+
+    /// At the start of `chunk`: skips it if it is a known hole (probing
+    /// it again every [`HOLE_RECHECK`] full scans), or if it follows a hole
+    /// and a probe of one gfn in [`PROBE_STRIDE`] finds nothing readable.
+    /// Returns the budget used if the chunk is skipped; `None` to read it.
+    fn skip_hole<B: Backend + ?Sized>(
+        &mut self,
+        xen: &mut B,
+        domid: DomId,
+        chunk: u64,
+        room: u64,
+    ) -> Option<u64> {
+        let recheck = self.stats.full_scans % HOLE_RECHECK == HOLE_RECHECK - 1;
+        let h = self.holes.entry(domid).or_default();
+        h.chunk_readable = false;
+        let known = h.known.contains(&chunk);
+        if known && !recheck {
+            return Some(1);
+        }
+        if !(known || h.after_hole) {
+            return None;
+        }
+        let start = chunk * HOLE_CHUNK;
+        let probes: Vec<Gfn> = (start..start + room.min(HOLE_CHUNK))
+            .step_by(PROBE_STRIDE)
+            .collect();
+        let mut readable = false;
+        let r = xen.read_pages(domid, &probes, &mut |_, page| readable |= page.is_ok());
+        if let Err(e) = r {
+            self.failed_domain(domid, e);
+            return Some(1);
+        }
+        self.stats.read_errors += if readable { 0 } else { probes.len() as u64 };
+        let h = self.holes.entry(domid).or_default();
+        if readable {
+            h.known.remove(&chunk);
+            return None;
+        }
+        h.known.insert(chunk);
+        h.after_hole = true;
+        Some(1)
+    }
+
+    /// Moves `domid`'s cursor `n` gfns on, wrapping at `count`.
+    fn advance(&mut self, domid: DomId, n: u64, count: u64) {
         if let Some(s) = self.doms.get_mut(&domid) {
             s.cursor += n;
             if s.cursor >= count {
                 self.wrap(domid);
             }
         }
-        cost
     }
 
     fn domain_count<B: Backend + ?Sized>(&mut self, xen: &mut B, domid: DomId) -> Option<u64> {
@@ -297,6 +394,9 @@ impl Daemon {
     }
 
     fn wrap(&mut self, domid: DomId) {
+        if let Some(h) = self.holes.get_mut(&domid) {
+            h.after_hole = false;
+        }
         if let Some(s) = self.doms.get_mut(&domid) {
             *s = DomScan {
                 wrapped: true,
