@@ -261,12 +261,15 @@ impl PerTypeFlood {
     }
 }
 
-/// OOM RTTs of the per-type design, alone or under a flood.
-pub fn per_type(flood: bool, n: usize, checks: &mut Checks) -> BResult<LatRun> {
-    let ctx = if flood {
-        "per-type OOM under flood"
-    } else {
-        "per-type OOM alone"
+/// OOM RTTs of the per-type design, alone or under a flood, the OOM
+/// consumer sleeping on the event channel or (`polling`) polling the
+/// producer index (spinning, yielding every 64 polls).
+pub fn per_type(flood: bool, polling: bool, n: usize, checks: &mut Checks) -> BResult<LatRun> {
+    let ctx = match (flood, polling) {
+        (true, false) => "per-type OOM under flood, sleeping consumer",
+        (false, false) => "per-type OOM alone, sleeping consumer",
+        (true, true) => "per-type OOM under flood, polling consumer",
+        (false, true) => "per-type OOM alone, polling consumer",
     };
     let xen = HarnessBackend::new();
     xen.add_domain(DOM, VCPUS);
@@ -281,8 +284,19 @@ pub fn per_type(flood: bool, n: usize, checks: &mut Checks) -> BResult<LatRun> {
         thread::spawn(move || -> BResult<u64> {
             let mut answered = 0u64;
             let mut vcpus = Vec::new();
+            let mut spins = 0u32;
             while !stop.load(Ordering::Acquire) {
-                if oom.wait(Some(Duration::from_millis(5)))? {
+                let ready = if polling {
+                    let ready = oom.available()? > 0;
+                    if !ready {
+                        crate::util::backoff(&mut spins);
+                    }
+                    ready
+                } else {
+                    oom.wait(Some(Duration::from_millis(5)))?
+                };
+                if ready {
+                    spins = 0;
                     vcpus.clear();
                     for req in oom.take_requests()? {
                         oom.respond(&req)?;

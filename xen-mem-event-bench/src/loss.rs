@@ -133,6 +133,12 @@ pub fn lockstep_kicks(frames: u32, batch: u32, rounds: u64, checks: &mut Checks)
     let eff = u64::from(ring.batch_size());
     let mut got = 0u64;
     for r in 0..rounds {
+        // The consumer finds the ring empty: it arms req_event and would
+        // sleep (an awake consumer asks for no kick at all).
+        let early = ring.wait(Some(Duration::ZERO))?;
+        checks.check(!early, || {
+            format!("{ctx}: round {r}: records before the batch")
+        });
         for i in 0..eff {
             hv.put_invalidate(r * eff + i, i, DOM, REASON_UNSHARED, 0);
         }

@@ -101,6 +101,8 @@ pub struct Report {
     pub checks_passed: u32,
     pub checks_failed: Vec<String>,
     pub elapsed_s: f64,
+    /// The cross-CPU round trip the run ran under: median, min, max (ns).
+    pub placement_ns: Option<(f64, f64, f64)>,
 }
 
 fn cell(s: &str) -> String {
@@ -115,6 +117,12 @@ impl Report {
             "## xen-mem-event benchmark ({} run, {:.1} s, every figure from this run)\n",
             self.mode, self.elapsed_s
         );
+        if let Some((m, lo, hi)) = self.placement_ns {
+            let _ = writeln!(
+                out,
+                "Placement: cross-CPU cache-line round trip {m:.0} ns (median; {lo:.0}–{hi:.0} ns over the run).\n"
+            );
+        }
         out.push_str("| § | Configuration | Result | Ratio | Target |\n");
         out.push_str("|---|---|---|---|---|\n");
         for r in &self.rows {
@@ -143,9 +151,23 @@ impl Report {
         write_str(&mut out, self.mode);
         let _ = write!(
             out,
-            ",\n  \"elapsed_s\": {:.3},\n  \"rows\": [",
+            ",\n  \"elapsed_s\": {:.3},\n  \"placement_ns\": ",
             self.elapsed_s
         );
+        match self.placement_ns {
+            Some((m, lo, hi)) => {
+                out.push('[');
+                for (i, v) in [m, lo, hi].into_iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    Json::Num(v).write(&mut out);
+                }
+                out.push(']');
+            }
+            None => out.push_str("null"),
+        }
+        out.push_str(",\n  \"rows\": [");
         for (i, r) in self.rows.iter().enumerate() {
             out.push_str(if i == 0 { "\n    {" } else { ",\n    {" });
             for (k, v) in [

@@ -5,7 +5,9 @@
 //!   being the harness eventfd.
 //! - [`vm_event_baseline`]: a faithful model of today's vm_event ring.
 //! - [`spsc_reference`]: a minimal lock-free SPSC queue of the same
-//!   records, the physical reference.
+//!   records, the physical reference, publishing per record or in bulk.
+//! - [`pingpong_ns`]: the cross-CPU cache-line round trip the two CPUs
+//!   give at the moment (it moves with where the host places them).
 //!
 //! Every producer posts records for `run`, then stops; the consumer takes
 //! every record, checks their order, and the rate is records taken over
@@ -18,7 +20,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use xen_mem_event::{AsyncRing, EventType};
-use xen_mem_event_harness::{Doorbell, HarnessBackend};
+use xen_mem_event_harness::{AsyncRec, Doorbell, HarnessBackend};
 
 use crate::util::{
     backoff, join, pin, watchdog, BResult, Checks, FairGuard, FairLock, HeaderPeek, Padded, Pinned,
@@ -35,6 +37,12 @@ const CONSUMER_CPU: usize = 1;
 
 /// Check the clock every this many records.
 const CLOCK_EVERY: u64 = 1024;
+
+/// Records a bulk producer posts at once at most: the async producer
+/// (modelling Xen's bulk paths, a share's gfn loop or a domain's
+/// teardown) through `mem_event_ring_put_async_batch`, and the batched
+/// SPSC reference with one publication.
+pub const BULK: u32 = 64;
 
 /// One measured run.
 #[derive(Debug, Clone, Copy, Default)]
@@ -71,16 +79,6 @@ impl Tp {
     }
 }
 
-/// Runs `f` `reps` times; returns the run with the median rate.
-pub fn median_of(reps: usize, mut f: impl FnMut() -> BResult<Tp>) -> BResult<Tp> {
-    let mut runs = Vec::with_capacity(reps);
-    for _ in 0..reps.max(1) {
-        runs.push(f()?);
-    }
-    runs.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
-    Ok(runs[runs.len() / 2])
-}
-
 /// The library consumer against the hypervisor's ring core, lossless.
 pub fn async_lossless(
     frames: u32,
@@ -108,6 +106,11 @@ pub fn async_lossless(
         thread::spawn(move || -> BResult<u64> {
             pin(Some(PRODUCER_CPU));
             let peek = HeaderPeek::new(&hv);
+            let mut recs = [AsyncRec {
+                domid: DOM,
+                reason: REASON_UNSHARED,
+                ..AsyncRec::default()
+            }; BULK as usize];
             start.wait();
             let t0 = Instant::now();
             let (mut i, mut spins, mut next_clock) = (0u64, 0u32, CLOCK_EVERY);
@@ -119,10 +122,14 @@ pub fn async_lossless(
                     continue;
                 }
                 spins = 0;
-                for _ in 0..free {
-                    hv.put_invalidate(i, i << 12, DOM, REASON_UNSHARED, 0);
-                    i += 1;
+                let n = free.min(BULK) as usize;
+                for (k, r) in recs[..n].iter_mut().enumerate() {
+                    let h = i + k as u64;
+                    r.handle = h;
+                    r.gfn = h << 12;
                 }
+                hv.put_invalidate_batch(&recs[..n]);
+                i += n as u64;
                 if i >= next_clock {
                     next_clock = i + CLOCK_EVERY;
                     if t0.elapsed() >= run {
@@ -465,9 +472,11 @@ struct Spsc {
 
 /// (b): the same 32-byte records between the same two threads through a
 /// minimal SPSC queue of `slots` slots (a power of two): no lock, no
-/// notification, the consumer and a full producer spin (then yield).
-pub fn spsc_reference(slots: u32, run: Duration, checks: &mut Checks) -> BResult<Tp> {
-    let ctx = format!("SPSC reference {slots} slots");
+/// notification, the consumer and a full producer spin (then yield).  The
+/// producer publishes its index after every record (`bulk` 1), or once per
+/// up to `bulk` records written (the batched-publish reference).
+pub fn spsc_reference(slots: u32, bulk: u32, run: Duration, checks: &mut Checks) -> BResult<Tp> {
+    let ctx = format!("SPSC reference {slots} slots, bulk {bulk}");
     let q = Arc::new(Spsc {
         head: Padded(AtomicU32::new(0)),
         tail: Padded(AtomicU32::new(0)),
@@ -486,6 +495,7 @@ pub fn spsc_reference(slots: u32, run: Duration, checks: &mut Checks) -> BResult
             start.wait();
             let t0 = Instant::now();
             let (mut tail, mut head_cache, mut spins, mut i) = (0u32, 0u32, 0u32, 0u64);
+            let mut next_clock = CLOCK_EVERY;
             loop {
                 if tail.wrapping_sub(head_cache) == q.mask + 1 {
                     head_cache = q.head.0.load(Ordering::Acquire);
@@ -495,20 +505,31 @@ pub fn spsc_reference(slots: u32, run: Duration, checks: &mut Checks) -> BResult
                     }
                 }
                 spins = 0;
-                let rec = [
-                    i,
-                    i,
-                    i << 12,
-                    u64::from(REASON_UNSHARED) << 16 | u64::from(DOM),
-                ];
-                for (w, v) in q.slots[(tail & q.mask) as usize].iter().zip(rec) {
-                    w.store(v, Ordering::Relaxed);
+                let n = (q.mask + 1 - tail.wrapping_sub(head_cache)).min(bulk.max(1));
+                for _ in 0..n {
+                    let rec = [
+                        i,
+                        i,
+                        i << 12,
+                        u64::from(REASON_UNSHARED) << 16 | u64::from(DOM),
+                    ];
+                    for (w, v) in q.slots[(tail & q.mask) as usize].iter().zip(rec) {
+                        w.store(v, Ordering::Relaxed);
+                    }
+                    tail = tail.wrapping_add(1);
+                    i += 1;
+                    if bulk <= 1 {
+                        q.tail.0.store(tail, Ordering::Release);
+                    }
                 }
-                tail = tail.wrapping_add(1);
-                q.tail.0.store(tail, Ordering::Release);
-                i += 1;
-                if i % CLOCK_EVERY == 0 && t0.elapsed() >= run {
-                    break;
+                if bulk > 1 {
+                    q.tail.0.store(tail, Ordering::Release);
+                }
+                if i >= next_clock {
+                    next_clock = i + CLOCK_EVERY;
+                    if t0.elapsed() >= run {
+                        break;
+                    }
                 }
             }
             done.store(i, Ordering::Release);
@@ -558,4 +579,65 @@ pub fn spsc_reference(slots: u32, run: Duration, checks: &mut Checks) -> BResult
         secs,
         ..Tp::default()
     })
+}
+
+// ----------------------------------------------------------------------
+// The placement probe.
+
+/// The cross-CPU round trip of one cache line between `PRODUCER_CPU` and
+/// `CONSUMER_CPU`, in ns: `rounds` ping-pongs of a counter, in blocks, the
+/// median block reported (a block preempted by another process of this
+/// shared machine does not count).  Pure spinning, no yield: a round trip
+/// is a few hundred ns at most.
+pub fn pingpong_ns(rounds: u32) -> BResult<f64> {
+    const BLOCKS: u32 = 7;
+    let line = Arc::new(Padded(AtomicU64::new(0)));
+    let per_block = (rounds / BLOCKS).max(1);
+    let total = u64::from(per_block) * u64::from(BLOCKS);
+    let echo = {
+        let line = Arc::clone(&line);
+        thread::spawn(move || -> BResult<()> {
+            pin(Some(PRODUCER_CPU));
+            let t0 = Instant::now();
+            let mut want = 1u64;
+            while want < 2 * total {
+                let mut spins = 0u32;
+                while line.0.load(Ordering::Acquire) != want {
+                    std::hint::spin_loop();
+                    spins = spins.wrapping_add(1);
+                    if spins % 65_536 == 0 {
+                        watchdog(t0, "ping-pong echo")?;
+                        thread::yield_now();
+                    }
+                }
+                line.0.store(want + 1, Ordering::Release);
+                want += 2;
+            }
+            Ok(())
+        })
+    };
+    let _pinned = Pinned::to(CONSUMER_CPU);
+    let t0 = Instant::now();
+    let mut blocks = Vec::with_capacity(BLOCKS as usize);
+    let mut v = 0u64;
+    for _ in 0..BLOCKS {
+        let b0 = Instant::now();
+        for _ in 0..per_block {
+            line.0.store(v + 1, Ordering::Release);
+            let mut spins = 0u32;
+            while line.0.load(Ordering::Acquire) != v + 2 {
+                std::hint::spin_loop();
+                spins = spins.wrapping_add(1);
+                if spins % 65_536 == 0 {
+                    watchdog(t0, "ping-pong")?;
+                    thread::yield_now();
+                }
+            }
+            v += 2;
+        }
+        blocks.push(b0.elapsed().as_secs_f64() * 1e9 / f64::from(per_block));
+    }
+    join(echo, "ping-pong echo")?;
+    blocks.sort_by(f64::total_cmp);
+    Ok(blocks[blocks.len() / 2])
 }

@@ -80,6 +80,17 @@ impl HarnessRing {
         notify
     }
 
+    /// Post invalidate records in bulk (`mem_event_ring_put_async_batch`:
+    /// one publication, at most one kick); kicks the consumer when Xen
+    /// would.
+    pub fn put_invalidate_batch(&self, recs: &[crate::AsyncRec]) -> bool {
+        let notify = self.hv.put_invalidate_batch(recs);
+        if notify {
+            self.kick();
+        }
+        notify
+    }
+
     fn kick(&self) {
         // An eventfd write only fails if the counter would overflow.
         let _ = self.to_consumer.notify();

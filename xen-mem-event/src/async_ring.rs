@@ -30,10 +30,13 @@ impl InvalidateReason {
     }
 
     /// The reason of an ABI value.
+    #[inline]
     pub fn from_raw(raw: u16) -> Option<InvalidateReason> {
-        [InvalidateReason::Merged, InvalidateReason::Unshared]
-            .into_iter()
-            .find(|r| r.raw() == raw)
+        match raw {
+            abi::XEN_MEM_EVENT_INVALIDATE_MERGED => Some(InvalidateReason::Merged),
+            abi::XEN_MEM_EVENT_INVALIDATE_UNSHARED => Some(InvalidateReason::Unshared),
+            _ => None,
+        }
     }
 }
 
