@@ -53,6 +53,22 @@
 //! # }
 //! ```
 //!
+//! # Event loops
+//!
+//! Both ring kinds are [`AsFd`](std::os::fd::AsFd): the descriptor is
+//! readable (level-triggered) while a notification from Xen is pending, so
+//! one thread can serve many rings with poll, epoll, mio or tokio's
+//! `AsyncFd`.  Once it is readable, call the non-blocking
+//! [`SyncRing::process`] (kicks Xen for the answers published, then takes
+//! the requests) or [`AsyncRing::process`] (takes the records; after the
+//! batch, process again while [`AsyncRing::rearm`] returns `true`: records
+//! that reached the threshold meanwhile sent no kick).  Answers may also
+//! come from other threads through a [`Responder`].  Xen sends no
+//! notification when it detaches a ring, so check [`Ring::is_detached`]
+//! on a timer.  `examples/epoll.rs` serves both rings of a domain this way,
+//! with SIGINT through a self-pipe:
+//! `cargo run -p xen-mem-event --example epoll -- --domain ID`.
+//!
 //! # Safety
 //!
 //! `unsafe` is confined to two modules: `shm` (atomic, bounds-checked
