@@ -30,6 +30,8 @@ use util::{fmt_bytes, fmt_ns, fmt_rate, percentile, BResult, Checks};
 const USAGE: &str = "usage: xme-bench [--smoke] [--json] [--only SECTIONS]
   --smoke        tiny sizes, count checks only (a few seconds, even in debug)
   --json         print the results as JSON instead of the markdown table
+  --single-post  the async throughput producer posts one record per call
+                 (put_invalidate) instead of bulk posts (for experiments)
   --only 1,2,3,4,5,6 run only these sections (percore: only section 1's
                  per-record rows; 5 or share: the sharing daemon's
                  table and scan pipeline; 6 or pool: the pager's worker pool
@@ -63,6 +65,9 @@ struct Cfg {
     pager_budget: Duration,
     /// Duration of each sync round-trip run.
     rt_run: Duration,
+    /// Records per post of the async throughput producer (`BULK`, or 1
+    /// with `--single-post`: `put_invalidate` per record).
+    post: u32,
     /// OOM events per latency scenario.
     oom_samples: usize,
     /// Interleaved rounds the latency scenarios are split into.
@@ -92,6 +97,7 @@ impl Cfg {
                 pager_samples: 20,
                 pager_budget: Duration::from_millis(300),
                 rt_run: Duration::from_millis(50),
+                post: throughput::BULK,
                 oom_samples: 30,
                 oom_rounds: 1,
                 loss_attempts: 20_000,
@@ -111,6 +117,7 @@ impl Cfg {
                 pager_samples: 1000,
                 pager_budget: Duration::from_secs(3),
                 rt_run: Duration::from_millis(700),
+                post: throughput::BULK,
                 oom_samples: 4000,
                 oom_rounds: 4,
                 loss_attempts: 2_000_000,
@@ -124,13 +131,14 @@ impl Cfg {
 }
 
 fn main() -> ExitCode {
-    let (mut smoke, mut json) = (false, false);
+    let (mut smoke, mut json, mut single_post) = (false, false, false);
     let mut only: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--smoke" => smoke = true,
             "--json" => json = true,
+            "--single-post" => single_post = true,
             "--only" => only = args.next(),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -144,6 +152,9 @@ fn main() -> ExitCode {
     }
     util::cpus(); // before any thread is pinned
     let mut cfg = Cfg::new(smoke);
+    if single_post {
+        cfg.post = 1;
+    }
     if let Some(o) = only {
         // "percore": only the per-record rows of section 1.
         if o.split(',').any(|x| x.trim() == "percore") {
@@ -290,7 +301,7 @@ fn section_throughput(cfg: &Cfg, report: &mut Report, checks: &mut Checks) -> BR
                 let spsc = throughput::spsc_reference(slots, 1, cfg.run, checks)?;
                 let spsc_bulk =
                     throughput::spsc_reference(slots, throughput::BULK, cfg.run, checks)?;
-                let asy = throughput::async_lossless(f, batch, spin, cfg.run, checks)?;
+                let asy = throughput::async_lossless(f, batch, spin, cfg.post, cfg.run, checks)?;
                 let pp1 = throughput::pingpong_ns(cfg.pingpong)?;
                 pairs.push(Pair {
                     pp: (pp0, pp1),
@@ -435,9 +446,13 @@ fn section_throughput(cfg: &Cfg, report: &mut Report, checks: &mut Checks) -> BR
             Row::new(
                 S,
                 format!(
-                    "async lossless, batch {batch}{eff_note}, {f} frame(s) = {} slots, bulk posts ≤{}",
+                    "async lossless, batch {batch}{eff_note}, {f} frame(s) = {} slots, {}",
                     f * SLOTS_PER_FRAME,
-                    throughput::BULK
+                    if cfg.post > 1 {
+                        format!("bulk posts ≤{}", cfg.post)
+                    } else {
+                        "single-record posts".to_string()
+                    }
                 ),
             )
             .result(format!(

@@ -84,10 +84,11 @@ pub fn async_lossless(
     frames: u32,
     batch: u32,
     spin: Duration,
+    post: u32,
     run: Duration,
     checks: &mut Checks,
 ) -> BResult<Tp> {
-    let ctx = format!("async lossless frames {frames} batch {batch} spin {spin:?}");
+    let ctx = format!("async lossless frames {frames} batch {batch} spin {spin:?} post {post}");
     let xen = HarnessBackend::new();
     xen.add_domain(DOM, 1);
     let mut ring = AsyncRing::builder(Arc::clone(&xen), DOM)
@@ -122,14 +123,21 @@ pub fn async_lossless(
                     continue;
                 }
                 spins = 0;
-                let n = free.min(BULK) as usize;
-                for (k, r) in recs[..n].iter_mut().enumerate() {
-                    let h = i + k as u64;
-                    r.handle = h;
-                    r.gfn = h << 12;
+                if post <= 1 {
+                    for _ in 0..free {
+                        hv.put_invalidate(i, i << 12, DOM, REASON_UNSHARED, 0);
+                        i += 1;
+                    }
+                } else {
+                    let n = free.min(post.min(BULK)) as usize;
+                    for (k, r) in recs[..n].iter_mut().enumerate() {
+                        let h = i + k as u64;
+                        r.handle = h;
+                        r.gfn = h << 12;
+                    }
+                    hv.put_invalidate_batch(&recs[..n]);
+                    i += n as u64;
                 }
-                hv.put_invalidate_batch(&recs[..n]);
-                i += n as u64;
                 if i >= next_clock {
                     next_clock = i + CLOCK_EVERY;
                     if t0.elapsed() >= run {

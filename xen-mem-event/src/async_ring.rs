@@ -360,8 +360,10 @@ impl<B: Backend> AsyncRing<B> {
         self.arm()
     }
 
-    /// For the tail of a trickle: waits up to `timeout` for the threshold,
-    /// then takes whatever is there (possibly nothing).
+    /// For the tail of a trickle: waits up to `timeout` for the threshold
+    /// (while the consumer is awake, for any record: see
+    /// [`wait`](AsyncRing::wait)), then takes whatever is there (possibly
+    /// nothing).
     pub fn drain_timeout(&mut self, timeout: Duration) -> Result<AsyncBatch<'_, B>, Error> {
         self.wait(Some(timeout))?;
         self.batch()
