@@ -255,11 +255,13 @@ detach_both() {
 # event, JSON) on DOMID, their output in R-watch.jsonl and R-pager.jsonl
 # (stderr: .err); wait for both rings to be connected and report the
 # 'attach' check.  Sets W and P (the pids); returns 1 when not attached.
-attach_both() {
+attach_both() {   # attach_both DOMID RUNPREFIX BATCH STEP_KIB [PAGER-ARGS... instead of --step]
     local d=$1 r=$2 batch=$3 step=$4
+    shift 4
+    [ $# -gt 0 ] || set -- --step "$step"
     xen-mem-event watch --domain "$d" --records --batch "$batch" --json > "$r-watch.jsonl" 2> "$r-watch.err" &
     W=$!
-    xen-mem-event pager --domain "$d" --step "$step" --json > "$r-pager.jsonl" 2> "$r-pager.err" &
+    xen-mem-event pager --domain "$d" --json "$@" > "$r-pager.jsonl" 2> "$r-pager.err" &
     P=$!
     if wait_for 20 ring_connected "$d" SHARING_OOM && wait_for 20 ring_connected "$d" SHARING_INVALIDATE; then
         result attach PASS "pager (pid $P) and watcher (pid $W) attached to d$d"
