@@ -15,6 +15,11 @@ pub enum OpError {
     /// `share`: the client gfn no longer holds the client handle
     /// (`XENMEM_SHARING_OP_C_HANDLE_INVALID`).
     StaleClient,
+    /// `share`: the client frame is also mapped by a third domain (a gfn
+    /// of a domain that is neither the source's nor the client's; Xen:
+    /// `EXDEV`, xen-patches 0008).  Nothing changed; the share may succeed
+    /// the other way round (the other frame as client).
+    ClientShared,
     /// The gfn cannot be read or shared: a hole, a paged-out or special
     /// page (Xen: a per-gfn mapping error, or `EINVAL` from nominate).
     BadGfn,
@@ -29,6 +34,9 @@ impl std::fmt::Display for OpError {
         match self {
             OpError::StaleSource => f.write_str("source handle invalid"),
             OpError::StaleClient => f.write_str("client handle invalid"),
+            OpError::ClientShared => {
+                f.write_str("the client frame is also mapped by a third domain")
+            }
             OpError::BadGfn => f.write_str("gfn cannot be read or shared"),
             OpError::NoDomain => f.write_str("no such domain"),
             OpError::Errno(e) => write!(f, "errno {e}"),
@@ -78,7 +86,9 @@ pub trait Sharing {
     /// client frame then maps the source frame, the client handle dies
     /// (one `MERGED` + `HANDLE_GONE` record per moved gfn) and one page is
     /// freed.  Fails with [`OpError::StaleSource`] /
-    /// [`OpError::StaleClient`] when a gfn no longer holds its handle.
+    /// [`OpError::StaleClient`] when a gfn no longer holds its handle, and
+    /// with [`OpError::ClientShared`] (changing nothing) when the client
+    /// frame has a gfn of a domain other than `src.domid` and `cli.domid`.
     fn share(
         &mut self,
         src: GfnRef,

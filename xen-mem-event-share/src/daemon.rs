@@ -486,13 +486,23 @@ impl Daemon {
             return;
         }
         // The frame with more known gfns stays; the other one's move.
-        let (src, sh, cli, ch) = if self.table.members(hc) > self.table.members(hs) {
+        let (mut src, mut sh, mut cli, mut ch) = if self.table.members(hc) > self.table.members(hs)
+        {
             (new.page, hc, rep.page, hs)
         } else {
             (rep.page, hs, new.page, hc)
         };
+        // One attempt per merge: a client frame that a third domain also
+        // maps is refused (nothing changed), so the same attempt tries the
+        // other frame as client once; its outcome is the attempt's.
         self.stats.share_attempts += 1;
-        match xen.share(src, sh, cli, ch) {
+        let mut r = xen.share(src, sh, cli, ch);
+        if r == Err(OpError::ClientShared) {
+            self.stats.share_swapped += 1;
+            (src, sh, cli, ch) = (cli, ch, src, sh);
+            r = xen.share(src, sh, cli, ch);
+        }
+        match r {
             Ok(()) => {
                 self.stats.share_ok += 1;
                 self.table.merged(cli, ch, sh);
@@ -508,6 +518,13 @@ impl Daemon {
                 self.stats.stale_client += 1;
                 self.table.remove(cli);
                 self.table.set_rep(key, src);
+            }
+            Err(OpError::ClientShared) => {
+                // Each frame has a gfn of a domain the other frame's
+                // domain is not: neither can move now.  Both gfns still
+                // hold the handles the table has (nothing changed), so
+                // their entries stay; a later scan tries the pair again.
+                self.stats.client_shared += 1;
             }
             Err(_) => {
                 self.stats.share_failed += 1;

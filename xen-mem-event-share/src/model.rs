@@ -5,7 +5,10 @@
 //! Frames have contents; each domain has a p2m (gfn → frame, or a hole).
 //! `nominate` makes a private frame shared with a fresh handle (one gfn);
 //! `share` moves every gfn of the client frame onto the source frame and
-//! posts `MERGED` + `HANDLE_GONE` for each of them; a guest write to a
+//! posts `MERGED` + `HANDLE_GONE` for each of them (refused with
+//! [`OpError::ClientShared`] when a gfn of the client frame belongs to
+//! neither the source's nor the client's domain, as xen-patches 0008 makes
+//! Xen do); a guest write to a
 //! gfn of a shared frame gives it a private copy and posts `UNSHARED`
 //! (with `HANDLE_GONE` when it was the frame's last gfn, which then
 //! becomes private in place); writes to private frames post nothing.
@@ -446,6 +449,13 @@ impl Sharing for ModelXen {
             return Ok(()); // "the pages are already the same"
         }
         self.check_share(smfn, src_handle, cmfn, cli_handle)?;
+        // xen-patches 0008: a client frame that a third domain maps is
+        // refused (its p2m lock would be taken under the page locks).
+        let third = |p: &GfnRef| p.domid != src.domid && p.domid != cli.domid;
+        let client_gfns = self.frames.get(&cmfn).and_then(|f| f.sharing.as_ref());
+        if client_gfns.is_some_and(|s| s.gfns.iter().any(third)) {
+            return Err(OpError::ClientShared);
+        }
         let moved = self
             .frames
             .remove(&cmfn)
@@ -468,5 +478,84 @@ impl Sharing for ModelXen {
 
     fn host_counters(&mut self) -> Result<HostCounters, OpError> {
         Ok(self.counters)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(d: DomId, g: Gfn) -> GfnRef {
+        GfnRef::new(d, g)
+    }
+
+    /// Xen's rule (xen-patches 0008): a client frame with a gfn of a
+    /// domain that is neither the source's nor the client's is refused,
+    /// and nothing changes; the same pair shares the other way round.
+    #[test]
+    fn refuses_a_client_frame_a_third_domain_maps() -> Result<(), OpError> {
+        let mut x = ModelXen::new(64);
+        for d in 1..=3 {
+            x.add_domain(d, 4);
+        }
+        // Frame z: d1 gfn 0 and d2 gfn 0.
+        let (h10, h20) = (x.nominate(p(1, 0))?, x.nominate(p(2, 0))?);
+        x.share(p(1, 0), h10, p(2, 0), h20)?;
+        let h11 = x.nominate(p(1, 1))?;
+        for d in 1..=3 {
+            x.take_batch(d);
+        }
+        let before = x.truth();
+        // Within d1: z as client has a gfn of d2, a third domain.
+        assert_eq!(
+            x.share(p(1, 1), h11, p(1, 0), h10),
+            Err(OpError::ClientShared)
+        );
+        // Across d1 and d3: d2 is still a third domain.
+        let h30 = x.nominate(p(3, 0))?;
+        assert_eq!(
+            x.share(p(3, 0), h30, p(2, 0), h10),
+            Err(OpError::ClientShared)
+        );
+        assert_eq!(x.truth().shared_frames, before.shared_frames + 1);
+        assert_eq!(x.truth().saved_pages, before.saved_pages);
+        assert_eq!(x.host_counters(), Ok(x.truth()));
+        assert_eq!(x.truth().saved_pages, before.saved_pages);
+        for (page, h) in [
+            (p(1, 0), h10),
+            (p(2, 0), h10),
+            (p(1, 1), h11),
+            (p(3, 0), h30),
+        ] {
+            assert_eq!(x.handle_of(page), Some(h), "{page} moved");
+        }
+        for d in 1..=3 {
+            let b = x.take_batch(d);
+            assert!(
+                b.is_some_and(|b| b.records.is_empty()),
+                "d{d}: records posted"
+            );
+        }
+        assert_eq!(x.check(), Ok(()));
+        // The other way round, z as the source takes any client; a
+        // client frame on the source's and the client's domains only is
+        // fine.
+        assert_eq!(x.share(p(1, 0), h10, p(1, 1), h11), Ok(()));
+        assert_eq!(x.share(p(2, 0), h10, p(3, 0), h30), Ok(()));
+        let h21 = x.nominate(p(2, 1))?;
+        assert_eq!(
+            x.share(p(2, 1), h21, p(1, 0), h10),
+            Err(OpError::ClientShared)
+        );
+        assert_eq!(x.handle_of(p(3, 0)), Some(h10));
+        // A client frame on the source's and the client's domains only.
+        let (h12, h22) = (x.nominate(p(1, 2))?, x.nominate(p(2, 2))?);
+        x.share(p(1, 2), h12, p(2, 2), h22)?;
+        let h23 = x.nominate(p(2, 3))?;
+        assert_eq!(x.share(p(2, 3), h23, p(1, 2), h12), Ok(()));
+        assert_eq!(x.handle_of(p(2, 2)), Some(h23));
+        assert_eq!(x.truth(), x.host_counters()?);
+        assert_eq!(x.check(), Ok(()));
+        Ok(())
     }
 }

@@ -5,7 +5,13 @@ use std::fmt;
 /// A snapshot of the daemon's counters (see [`crate::Daemon::stats`]).
 ///
 /// Invariant: `share_attempts == share_ok + stale_source + stale_client +
-/// share_failed` ([`Stats::consistent`]).
+/// share_failed + client_shared` ([`Stats::consistent`]).
+///
+/// An attempt is one merge of two frames, not one share call: a share
+/// refused because the client frame is also mapped by a third domain is
+/// tried once more the other way round within the same attempt (counted
+/// in `share_swapped`, which is not a term of the invariant), and the
+/// attempt is counted by the outcome of that second call.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
     /// Pages read and hashed (KSM `pages_scanned`).
@@ -28,7 +34,8 @@ pub struct Stats {
     /// Shared frames according to Xen (`xc_sharing_used_frames`,
     /// nominated single-gfn frames included).
     pub host_shared_frames: u64,
-    /// Calls to share.
+    /// Merges tried: share calls, a retry the other way round not counted
+    /// again (see `share_swapped`).
     pub share_attempts: u64,
     /// Shares that succeeded.
     pub share_ok: u64,
@@ -40,6 +47,13 @@ pub struct Stats {
     pub stale_client: u64,
     /// Shares that failed for any other reason.
     pub share_failed: u64,
+    /// Shares refused both ways because each frame was also mapped by a
+    /// third domain (Xen: `EXDEV`, xen-patches 0008).
+    pub client_shared: u64,
+    /// Shares tried again with source and client swapped because the
+    /// client frame was also mapped by a third domain (the retry belongs
+    /// to the same attempt; its outcome is what the attempt counts as).
+    pub share_swapped: u64,
     /// Nominations that failed (the gfn cannot be shared).
     pub nominate_failed: u64,
     /// Candidates with the same key whose contents differed when compared
@@ -65,7 +79,8 @@ impl Stats {
 
     /// Whether every share attempt is accounted for exactly once.
     pub fn consistent(&self) -> bool {
-        self.share_attempts == self.share_ok + self.stale_failures() + self.share_failed
+        self.share_attempts
+            == self.share_ok + self.stale_failures() + self.share_failed + self.client_shared
     }
 }
 
@@ -74,7 +89,8 @@ impl fmt::Display for Stats {
         write!(
             f,
             "scanned {} ({} zero, {} full scans) · shared {} sharing {} (Xen: saved {}, {} frames) · \
-             shares {} = {} ok + {} stale ({} source, {} client) + {} failed · \
+             shares {} = {} ok + {} stale ({} source, {} client) + {} failed + {} client shared \
+             ({} swapped) · \
              records {} applied, {} lost, {} rescans",
             self.pages_scanned,
             self.zero_pages,
@@ -89,6 +105,8 @@ impl fmt::Display for Stats {
             self.stale_source,
             self.stale_client,
             self.share_failed,
+            self.client_shared,
+            self.share_swapped,
             self.records_applied,
             self.records_lost,
             self.rescans

@@ -55,12 +55,14 @@ fn nominate_error(e: Errno) -> OpError {
     }
 }
 
-/// `xc_memshr_share_gfns`'s errors: the two stale-handle codes, or a
-/// domain-wide failure.
+/// `xc_memshr_share_gfns`'s errors: the two stale-handle codes, EXDEV
+/// (the client page is mapped by a third domain), or a domain-wide
+/// failure.
 pub fn share_error(e: Errno) -> OpError {
     match e {
         Errno::SOURCE_HANDLE_INVALID => OpError::StaleSource,
         Errno::CLIENT_HANDLE_INVALID => OpError::StaleClient,
+        Errno::CLIENT_MAPPED_ELSEWHERE => OpError::ClientShared,
         e => dom_error(e),
     }
 }
@@ -150,6 +152,7 @@ mod tests {
     fn errnos_map_to_what_the_daemon_acts_on() {
         assert_eq!(share_error(Errno(10)), OpError::StaleSource);
         assert_eq!(share_error(Errno(9)), OpError::StaleClient);
+        assert_eq!(share_error(Errno(libc::EXDEV)), OpError::ClientShared);
         assert_eq!(share_error(Errno(libc::ESRCH)), OpError::NoDomain);
         assert_eq!(
             share_error(Errno(libc::ENOMEM)),

@@ -439,3 +439,80 @@ fn churn_with_and_without_invalidations() {
     assert!(stale[1] > 0, "without: {}", stale[1]);
     assert!(saved[0] > saved[1], "saved with / without: {saved:?}");
 }
+
+/// Three domains of 8 zero gfns; `zero frames` are built before the
+/// daemon starts, each from the given gfns (nominated and shared in
+/// order, the first as source).
+fn premerged(frames: &[&[GfnRef]]) -> Result<Host, xen_mem_event_share::OpError> {
+    use xen_mem_event_share::Sharing;
+    let mut host = Host::new(1024);
+    for d in 1..=3u16 {
+        host.domain(d, 8, |_| 0);
+    }
+    for frame in frames {
+        let src = frame[0];
+        let sh = host.xen.nominate(src)?;
+        for &cli in &frame[1..] {
+            let ch = host.xen.nominate(cli)?;
+            host.xen.share(src, sh, cli, ch)?;
+        }
+    }
+    for d in 1..=3 {
+        host.xen.take_batch(d);
+    }
+    Ok(host)
+}
+
+#[test]
+fn a_client_frame_another_domain_maps_is_shared_the_other_way_round(
+) -> Result<(), xen_mem_event_share::OpError> {
+    // d1 gfns 0–2 are one zero frame (the representative, 3 members);
+    // d1 gfn 3 is on a zero frame with d2 gfn 0.  Merging d1 gfn 3 within
+    // d1 makes the smaller frame, the one d2 also maps, the client: Xen
+    // refuses it (d2 is a third domain), the swap makes it the source.
+    let mut host = premerged(&[&[p(1, 0), p(1, 1), p(1, 2)], &[p(1, 3), p(2, 0)]])?;
+    let mut d = daemon(true, &[1, 2, 3]);
+    d.pass(&mut host.xen);
+    host.deliver(&mut d);
+    let s = assert_sane(&mut host, &d);
+    assert_eq!(
+        (s.share_swapped, s.client_shared, s.share_failed),
+        (1, 0, 0),
+        "{s}"
+    );
+    let z = host.xen.handle_of(p(2, 0));
+    assert!(z.is_some());
+    for g in 0..4 {
+        assert_eq!(host.xen.handle_of(p(1, g)), z, "d1 gfn {g}");
+    }
+    host.settle(&mut d);
+    let s = assert_sane(&mut host, &d);
+    // 24 zero pages on one frame.
+    assert_eq!((s.host_saved, s.host_shared_frames), (23, 1), "{s}");
+    assert_eq!((s.pages_sharing, s.share_ok), (23, s.share_attempts), "{s}");
+    Ok(())
+}
+
+#[test]
+fn a_merge_refused_both_ways_is_counted_apart() -> Result<(), xen_mem_event_share::OpError> {
+    // d1 gfn 0 shares a frame with d2 gfn 0, d1 gfn 1 one with d3 gfn 0:
+    // within d1, each frame has a gfn of a third domain.
+    let mut host = premerged(&[&[p(1, 0), p(2, 0)], &[p(1, 1), p(3, 0)]])?;
+    let mut d = daemon(true, &[1]);
+    d.pass(&mut host.xen);
+    let s = assert_sane(&mut host, &d);
+    assert_eq!((s.client_shared, s.share_swapped), (1, 1), "{s}");
+    assert_ne!(host.xen.handle_of(p(1, 0)), host.xen.handle_of(p(1, 1)));
+    assert!(s.to_string().contains("1 client shared (1 swapped)"), "{s}");
+    // The other zero gfns of d1 (2–7) still merge, into one of the two;
+    // the pair is tried again (and refused) at every full scan.
+    for _ in 0..3 {
+        d.pass(&mut host.xen);
+        host.deliver(&mut d);
+    }
+    let s = assert_sane(&mut host, &d);
+    assert_eq!(s.share_failed, 0, "{s}");
+    assert_eq!((s.host_saved, s.host_shared_frames), (1 + 1 + 6, 2), "{s}");
+    assert_eq!(s.client_shared, s.full_scans, "{s}");
+    Ok(())
+}

@@ -48,6 +48,10 @@ impl Errno {
     /// `xc_memshr_share_gfns`: the client gfn no longer holds the client
     /// handle (`-XENMEM_SHARING_OP_C_HANDLE_INVALID`, errno 9).
     pub const CLIENT_HANDLE_INVALID: Errno = Errno(9);
+    /// `xc_memshr_share_gfns`: the client page also has a gfn of a domain
+    /// that is neither the source nor the client domain (`EXDEV`, from
+    /// xen-patches 0008); the share may be tried the other way round.
+    pub const CLIENT_MAPPED_ELSEWHERE: Errno = Errno(18);
 
     /// The current thread's `errno` (EIO if there is none).
     fn last() -> Errno {
@@ -352,6 +356,7 @@ mod tests {
         // public memory.h; libxenctrl turns a result r into errno -r.
         assert_eq!(Errno::SOURCE_HANDLE_INVALID, Errno(10));
         assert_eq!(Errno::CLIENT_HANDLE_INVALID, Errno(9));
+        assert_eq!(Errno::CLIENT_MAPPED_ELSEWHERE, Errno(libc::EXDEV));
         assert!(Errno(libc::ESRCH).to_string().contains("No such process"));
     }
 }
