@@ -43,7 +43,7 @@ churn() {   # churn N S on both guests
 # run MODE FLAGS...: one daemon run of CHURN_S seconds with churning
 # guests; sets the check 'MODE' and RUN_STALE/RUN_SAVED/RUN_ATT.
 run() {
-    local mode=$1 out=$R-$1.jsonl fs att okn ss sc sf ps saved agrees rc verdict
+    local mode=$1 out=$R-$1.jsonl fs att okn ss sc sf cs ps saved agrees rc verdict
     shift
     xen-mem-event share --domain sc1 --domain sc2 --json --interval 2 \
         --pages-per-sec 200000 --pass-interval 0.1 "$@" > "$out" 2> "$out.err" &
@@ -61,10 +61,11 @@ run() {
     att=$(jfield "$out" summary share_attempts) okn=$(jfield "$out" summary share_ok)
     ss=$(jfield "$out" summary stale_source) sc=$(jfield "$out" summary stale_client)
     sf=$(jfield "$out" summary share_failed) ps=$(jfield "$out" summary pages_sharing)
+    cs=$(jfield "$out" summary client_shared)
     saved=$(jfield "$out" summary saved_pages) agrees=$(jfield "$out" summary agrees)
     RUN_ATT=${att:-?} RUN_STALE=$(( ${ss:-0} + ${sc:-0} )) RUN_SAVED=${saved:-?} RUN_SHARING=${ps:-?}
     verdict=FAIL
-    if [ "$rc" = 0 ] && [ -n "$att" ] && [ "$att" = $((okn + ss + sc + sf)) ]; then
+    if [ "$rc" = 0 ] && [ -n "$att" ] && [ "$att" = $((okn + ss + sc + sf + ${cs:-0})) ]; then
         if [ "$mode" = ring ]; then
             # A page or two may change between the last pass and the end.
             [ -n "$ps" ] && [ -n "$saved" ] && [ $((ps - saved)) -le 16 ] &&
@@ -73,7 +74,7 @@ run() {
             verdict=PASS
         fi
     fi
-    result "$mode" "$verdict" "rc $rc; attempts $att = $okn ok + $RUN_STALE stale ($ss source, $sc client) + $sf failed; table says $ps pages sharing, Xen freed $saved (agrees: $agrees); records applied $(jfield "$out" summary records_applied), lost $(jfield "$out" summary records_lost)"
+    result "$mode" "$verdict" "rc $rc; attempts $att = $okn ok + $RUN_STALE stale ($ss source, $sc client) + $sf failed + $cs refused both ways (client frame mapped by a third domain); table says $ps pages sharing, Xen freed $saved (agrees: $agrees); records applied $(jfield "$out" summary records_applied), lost $(jfield "$out" summary records_lost)"
 }
 
 run ring

@@ -129,11 +129,11 @@ prc=$STOP_RC
 sum=$(grep -F '"kind":"summary"' "$R.jsonl")
 att=$(jfield "$R.jsonl" summary share_attempts) okn=$(jfield "$R.jsonl" summary share_ok)
 ss=$(jfield "$R.jsonl" summary stale_source) sc=$(jfield "$R.jsonl" summary stale_client)
-sf=$(jfield "$R.jsonl" summary share_failed)
+sf=$(jfield "$R.jsonl" summary share_failed) cs=$(jfield "$R.jsonl" summary client_shared)
 absent=1
 for d in "${DOMS[@]}"; do ring_absent "$d" SHARING_INVALIDATE || absent=0; done
-if [ "$src" = 0 ] && [ -n "$att" ] && [ "$att" = $((okn + ss + sc + sf)) ] && [ "$absent" = 1 ]; then
-    result daemon-stop PASS "exit 0, attempts $att = $okn ok + $((ss + sc)) stale + $sf failed, every ring unregistered; agrees with Xen: $(jfield "$R.jsonl" summary agrees)"
+if [ "$src" = 0 ] && [ -n "$att" ] && [ "$att" = $((okn + ss + sc + sf + ${cs:-0})) ] && [ "$absent" = 1 ]; then
+    result daemon-stop PASS "exit 0, attempts $att = $okn ok + $((ss + sc)) stale + $sf failed + $cs refused both ways, every ring unregistered; agrees with Xen: $(jfield "$R.jsonl" summary agrees)"
 else
     result daemon-stop FAIL "rc $src, rings gone $absent, summary: $sum $(tr '\n' ' ' < "$R.err")"
 fi
