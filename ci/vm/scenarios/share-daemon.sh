@@ -122,6 +122,11 @@ sharing2=$(share_settle "$R.jsonl" 120) || sharing2="(not settled)"
 xme_log "after the write: $sharing2 pages sharing"
 
 # ------------------------------------------------------------ 5. stop
+# What the daemon cost: its CPU time (utime + stime of /proc/PID/stat) per
+# page saved, and pages scanned per second of its life (counts for the
+# README, not judged).
+read -r cpu_ticks < <(awk '{print $14 + $15}' "/proc/$S/stat" 2>/dev/null) || cpu_ticks=
+life_s=$(( ( $(now_ms) - t0 ) / 1000 ))
 stop_tool "$S"
 src=$STOP_RC
 stop_tool "$P"
@@ -138,6 +143,11 @@ else
     result daemon-stop FAIL "rc $src, rings gone $absent, summary: $sum $(tr '\n' ' ' < "$R.err")"
 fi
 if [ "$prc" = 0 ]; then result pager-stop PASS "pager exit 0"; else result pager-stop FAIL "pager rc $prc"; fi
+scanned=$(jfield "$R.jsonl" summary pages_scanned) sharing=$(jfield "$R.jsonl" summary pages_sharing)
+if [ -n "$cpu_ticks" ] && [ -n "$scanned" ] && [ "${sharing:-0}" -gt 0 ] && [ "$life_s" -gt 0 ]; then
+    awk -v t="$cpu_ticks" -v hz="$(getconf CLK_TCK)" -v sc="$scanned" -v sh="$sharing" -v l="$life_s" \
+        'BEGIN { printf "[xme share-daemon] cost: %.1f s CPU in %d s, %d pages scanned (%.0f/s), %d pages sharing: %.1f us CPU per page saved\n", t / hz, l, sc, sc / l, sh, 1e6 * t / hz / sh }'
+fi
 
 # Unique pages: none was shared, so nominating each makes a frame.
 read -r _ u_before < <(sharing_info)
