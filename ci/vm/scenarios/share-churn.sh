@@ -83,7 +83,7 @@ run no-ring --no-invalidate
 s_none=$RUN_STALE a_none=$RUN_ATT v_none=$RUN_SAVED p_none=$RUN_SHARING
 
 # The comparison, for the README table; informational.
-result compare PASS "${CHURN_S}s of churn each: with the ring $a_ring attempts, $s_ring stale, Xen freed $v_ring pages at the end; without: $a_none attempts, $s_none stale, Xen freed $v_none (its table believed $p_none)"
+xme_log "compare (reported, not judged): ${CHURN_S}s of churn each: with the ring $a_ring attempts, $s_ring stale, Xen freed $v_ring pages at the end; without: $a_none attempts, $s_none stale, Xen freed $v_none (its table believed $p_none)"
 
 for g in "${NAMES[@]}"; do
     line=$(guest_cmd "$g" churn 30) || line="(no answer)"
