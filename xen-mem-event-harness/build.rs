@@ -17,7 +17,8 @@ fn main() {
     let core = tree.join("xen/common/mem_event_ring.c");
     if !core.is_file() {
         eprintln!(
-            "error: patched Xen tree not found at {}: run 'make xen-src' first (or set XEN_MEM_EVENT_XEN_TREE)",
+            "error: patched Xen tree not found at {}: run 'make xen-src' first (or set \
+                XEN_MEM_EVENT_XEN_TREE)",
             tree.display()
         );
         exit(1);

@@ -315,7 +315,8 @@ fn try_main(cli: Cli) -> Result<(), ToolError> {
                     "d{domid} {ty}: registered, port {} frames {} slots {} token {}",
                     reg.port, reg.nr_frames, reg.nr_slots, reg.token
                 ),
-                json!({"kind": "registered", "domid": domid, "type": ty.to_string(), "port": reg.port,
+                json!({"kind": "registered", "domid": domid, "type": ty.to_string(),
+                    "port": reg.port,
                        "frames": reg.nr_frames, "slots": reg.nr_slots, "token": reg.token.get()}),
             )?;
             Ok(())
@@ -349,7 +350,8 @@ fn try_main(cli: Cli) -> Result<(), ToolError> {
                     "d{domid} {ty}: unregistered{}",
                     if took_over { " (taken over first)" } else { "" }
                 ),
-                json!({"kind": "unregistered", "domid": domid, "type": ty.to_string(), "took_over": took_over}),
+                json!({"kind": "unregistered", "domid": domid, "type": ty.to_string(),
+                    "took_over": took_over}),
             )?;
             Ok(())
         }
@@ -500,10 +502,18 @@ fn cmd_watch<W: io::Write>(a: WatchArgs, out: &mut Out<W>) -> Result<(), ToolErr
     let (produced, lost_xen) = info.map_or((0, 0), |i| (i.produced, i.lost));
     out.emit(
         &format!(
-            "d{domid} watcher {why}: {} records in {} batches (largest {}), {} lost, {} handles gone; Xen: {} produced, {} lost",
-            s.records, s.batches, s.max_batch, s.lost, s.handles_gone.len(), produced, lost_xen
+            "d{domid} watcher {why}: {} records in {} batches (largest {}), {} lost, {} handles \
+                gone; Xen: {} produced, {} lost",
+            s.records,
+            s.batches,
+            s.max_batch,
+            s.lost,
+            s.handles_gone.len(),
+            produced,
+            lost_xen
         ),
-        json!({"kind": "summary", "domid": domid, "ended": why, "records": s.records, "batches": s.batches,
+        json!({"kind": "summary", "domid": domid, "ended": why, "records": s.records,
+            "batches": s.batches,
                "max_batch": s.max_batch, "lost": s.lost, "handles_gone": s.handles_gone.len(),
                "xen_produced": produced, "xen_lost": lost_xen}),
     )?;
@@ -537,7 +547,9 @@ fn explain(e: &ToolError) -> String {
             "not running in a Xen dom0 (no /dev/xen/privcmd): nothing to attach to".into()
         }
         ToolError::Xen(Error::DomctlMissing { .. }) => {
-            "the hypervisor does not have XEN_DOMCTL_mem_event_ring: boot a Xen with the xen-mem-event series".into()
+            "the hypervisor does not have XEN_DOMCTL_mem_event_ring: boot a Xen with the \
+                xen-mem-event series"
+                .into()
         }
         ToolError::Xen(e @ Error::Busy { .. }) => {
             format!("{e} (use --takeover if that consumer died)")

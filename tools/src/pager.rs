@@ -315,11 +315,24 @@ pub enum PagerEvent {
 impl fmt::Display for PagerEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PagerEvent::Attached { domid, slots, workers } => write!(
+            PagerEvent::Attached {
+                domid,
+                slots,
+                workers,
+            } => write!(
                 f,
-                "d{domid} SHARING_OOM: attached ({slots} slots, {workers} workers); Ctrl-C to detach"
+                "d{domid} SHARING_OOM: attached ({slots} slots, {workers} workers); Ctrl-C to \
+                    detach"
             ),
-            PagerEvent::Oom { domid, vcpu, gfn, paused_ms, action, error, .. } => {
+            PagerEvent::Oom {
+                domid,
+                vcpu,
+                gfn,
+                paused_ms,
+                action,
+                error,
+                ..
+            } => {
                 write!(f, "d{domid} vcpu {vcpu} gfn {gfn:#x}: ")?;
                 match (action, error) {
                     (Some(a), _) => write!(f, "paused {paused_ms:.1} ms, {a}, answered"),
@@ -330,21 +343,42 @@ impl fmt::Display for PagerEvent {
                     (None, None) => write!(f, "paused {paused_ms:.1} ms, answered"),
                 }
             }
-            PagerEvent::Foreign { domid, vcpu, gfn, action, error } => {
+            PagerEvent::Foreign {
+                domid,
+                vcpu,
+                gfn,
+                action,
+                error,
+            } => {
                 write!(
                     f,
-                    "d{domid} foreign access to gfn {gfn:#x} (from a vcpu {vcpu} of another domain): no memory, not paused; "
+                    "d{domid} foreign access to gfn {gfn:#x} (from a vcpu {vcpu} of another \
+                        domain): no memory, not paused; "
                 )?;
                 match (action, error) {
                     (Some(a), _) => f.write_str(a),
-                    (None, e) => write!(f, "could not free memory: {}", e.as_deref().unwrap_or("?")),
+                    (None, e) => {
+                        write!(f, "could not free memory: {}", e.as_deref().unwrap_or("?"))
+                    }
                 }
             }
-            PagerEvent::Retry { domid, vcpu, gfn, error, attempt, delay_ms } => write!(
+            PagerEvent::Retry {
+                domid,
+                vcpu,
+                gfn,
+                error,
+                attempt,
+                delay_ms,
+            } => write!(
                 f,
-                "d{domid} vcpu {vcpu} gfn {gfn:#x}: cannot free memory ({error}); vCPU stays paused, retry {attempt} in {delay_ms} ms"
+                "d{domid} vcpu {vcpu} gfn {gfn:#x}: cannot free memory ({error}); vCPU stays \
+                    paused, retry {attempt} in {delay_ms} ms"
             ),
-            PagerEvent::Crash { domid, error, result } => write!(
+            PagerEvent::Crash {
+                domid,
+                error,
+                result,
+            } => write!(
                 f,
                 "d{domid}: cannot free memory ({error}); crashing the domain: {result}"
             ),
@@ -363,7 +397,9 @@ impl fmt::Display for PagerEvent {
                 max_pause_ms,
             } => write!(
                 f,
-                "d{domid} pager {ended}: {events} events, {answered} answered, {foreign} foreign, {failures} policy failures, {resumed} answered without memory, {released_at_exit} released at exit, longest pause {max_pause_ms:.1} ms"
+                "d{domid} pager {ended}: {events} events, {answered} answered, {foreign} foreign, \
+                    {failures} policy failures, {resumed} answered without memory, \
+                    {released_at_exit} released at exit, longest pause {max_pause_ms:.1} ms"
             ),
         }
     }

@@ -169,7 +169,9 @@ impl fmt::Display for Interval {
         let s = &self.stats;
         write!(
             f,
-            "{:>7.1}s {} dom  scanned {} ({:.0}/s, {} full scans)  shared {} sharing {} = {:.1} MiB saved (Xen {:.1} MiB)  shares {} ok {} stale {} failed  records {} lost {} rescans {}",
+            "{:>7.1}s {} dom  scanned {} ({:.0}/s, {} full scans)  shared {} sharing {} = {:.1} \
+                MiB saved (Xen {:.1} MiB)  shares {} ok {} stale {} failed  records {} lost {} \
+                rescans {}",
             self.t,
             self.domains,
             s.pages_scanned,
@@ -235,7 +237,8 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "share {} after {:.1}s: {} domains; {}; Xen: {} pages freed ({:.1} MiB), {} shared frames; daemon {} Xen",
+            "share {} after {:.1}s: {} domains; {}; Xen: {} pages freed ({:.1} MiB), {} shared \
+                frames; daemon {} Xen",
             self.ended.as_str(),
             self.secs,
             self.domains,
@@ -243,7 +246,11 @@ impl fmt::Display for Summary {
             self.xen.saved_pages,
             mib(self.xen.saved_pages),
             self.xen.shared_frames,
-            if self.agrees { "agrees with" } else { "differs from" }
+            if self.agrees {
+                "agrees with"
+            } else {
+                "differs from"
+            }
         )
     }
 }

@@ -90,10 +90,12 @@ pub fn table(rows: &[Row]) -> String {
 pub fn json(r: &Row) -> Value {
     json!({
         "kind": "ring", "domid": r.domid, "type": r.ty.to_string(), "consumer": r.info.consumer,
-        "frames": r.info.nr_frames, "slots": r.info.nr_slots, "batch": r.info.batch, "port": r.info.port,
+        "frames": r.info.nr_frames, "slots": r.info.nr_slots, "batch": r.info.batch,
+        "port": r.info.port,
         "produced": r.info.produced, "consumed": r.info.consumed, "lost": r.info.lost,
         "bad_responses": r.info.bad_responses, "notifications": r.info.notifications,
-        "paused_vcpus": r.info.paused_vcpus, "parked_vcpus": r.info.parked_vcpus, "connected": r.info.state.connected(),
+        "paused_vcpus": r.info.paused_vcpus, "parked_vcpus": r.info.parked_vcpus,
+        "connected": r.info.state.connected(),
         "broken": r.info.state.broken(), "consumer_gone": r.info.state.consumer_gone(),
     })
 }

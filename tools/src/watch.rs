@@ -337,7 +337,8 @@ impl Interval {
         };
         out.emit(
             &format!(
-                "{:>8} records {:>10.0}/s  {:>6} batches (avg {:.1})  lost {:>6} since last line  handles gone {}",
+                "{:>8} records {:>10.0}/s  {:>6} batches (avg {:.1})  lost {:>6} since last \
+                    line  handles gone {}",
                 self.records,
                 rate,
                 self.batches,
@@ -347,7 +348,8 @@ impl Interval {
             ),
             json!({"kind": "interval", "secs": secs, "records": self.records, "rate": rate,
                    "batches": self.batches, "avg_batch": avg, "lost": self.lost,
-                   "handles_gone": sum.handles_gone.len(), "total_records": sum.records, "total_lost": sum.lost}),
+                   "handles_gone": sum.handles_gone.len(), "total_records": sum.records,
+                       "total_lost": sum.lost}),
         )?;
         Ok(())
     }

@@ -90,7 +90,8 @@ fn without_xen_every_command_says_so_and_exits_1() {
             a.code(1)
                 .stdout(predicate::str::is_empty())
                 .stderr(predicate::str::diff(
-                    "xen-mem-event: not running in a Xen dom0 (no /dev/xen/privcmd): nothing to attach to\n",
+                    "xen-mem-event: not running in a Xen dom0 (no /dev/xen/privcmd): nothing to \
+                        attach to\n",
                 ));
         }
     }

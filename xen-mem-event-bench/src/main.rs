@@ -279,7 +279,10 @@ struct Pair {
 
 fn section_throughput(cfg: &Cfg, report: &mut Report, checks: &mut Checks) -> BResult<()> {
     const S: &str = "1 throughput";
-    progress("1/6 throughput: interleaved (ping-pong, SPSC, batched SPSC, async, ping-pong) pairs, vm_event baseline, per-record costs");
+    progress(
+        "1/6 throughput: interleaved (ping-pong, SPSC, batched SPSC, async, ping-pong) \
+        pairs, vm_event baseline, per-record costs",
+    );
     let mut base_runs = Vec::new();
     let mut all_pp = Vec::new();
     let mut refs: Vec<(u32, Vec<f64>, Vec<f64>)> =
@@ -347,22 +350,30 @@ fn section_throughput(cfg: &Cfg, report: &mut Report, checks: &mut Checks) -> BR
     );
     let spsc1 = refs.first().map_or(f64::NAN, |r| spread(&r.1).0);
     report.rows.push(
-        Row::new(S, "(a) vm_event-shaped baseline: 1 page, 400 B slots → 8, kick per request, response per request, producer sleeps when full")
-            .result(format!(
-                "{}rec/s · {:.3} notif/rec (+{:.3} consumer→Xen kicks/rec, {:.3} producer sleeps/rec) · median of {} runs between configurations",
-                fmt_rate(base.rate()),
-                base.notif_per_record(),
-                ratio(base.rsp_notifications as f64, base.records as f64),
-                ratio(base.producer_waits as f64, base.records as f64),
-                base_runs.len()
-            ))
-            .ratio(format!("1× (a) · {:.3}× (b, 128 slots, medians)", ratio(base.rate(), spsc1)))
-            .num("records_per_s", base.rate())
-            .int("records", base.records)
-            .int("notifications", base.notifications)
-            .int("consumer_notifications", base.rsp_notifications)
-            .int("producer_waits", base.producer_waits)
-            .num("notifications_per_record", base.notif_per_record()),
+        Row::new(
+            S,
+            "(a) vm_event-shaped baseline: 1 page, 400 B slots → 8, kick per request, \
+            response per request, producer sleeps when full",
+        )
+        .result(format!(
+            "{}rec/s · {:.3} notif/rec (+{:.3} consumer→Xen kicks/rec, {:.3} producer \
+                    sleeps/rec) · median of {} runs between configurations",
+            fmt_rate(base.rate()),
+            base.notif_per_record(),
+            ratio(base.rsp_notifications as f64, base.records as f64),
+            ratio(base.producer_waits as f64, base.records as f64),
+            base_runs.len()
+        ))
+        .ratio(format!(
+            "1× (a) · {:.3}× (b, 128 slots, medians)",
+            ratio(base.rate(), spsc1)
+        ))
+        .num("records_per_s", base.rate())
+        .int("records", base.records)
+        .int("notifications", base.notifications)
+        .int("consumer_notifications", base.rsp_notifications)
+        .int("producer_waits", base.producer_waits)
+        .num("notifications_per_record", base.notif_per_record()),
     );
     for (f, per, bulk) in &refs {
         for (name, v) in [
@@ -456,7 +467,8 @@ fn section_throughput(cfg: &Cfg, report: &mut Report, checks: &mut Checks) -> BR
                 ),
             )
             .result(format!(
-                "median {}rec/s (range {}–{}) · {:.4} notif/rec · {:.2} notif/batch · {} pairs, ping-pong {:.0}–{:.0} ns",
+                "median {}rec/s (range {}–{}) · {:.4} notif/rec · {:.2} notif/batch · {} pairs, \
+                    ping-pong {:.0}–{:.0} ns",
                 fmt_rate(rate_m),
                 fmt_rate(rate_lo),
                 fmt_rate(rate_hi),
@@ -467,7 +479,8 @@ fn section_throughput(cfg: &Cfg, report: &mut Report, checks: &mut Checks) -> BR
                 pp_hi
             ))
             .ratio(format!(
-                "{rb_m:.2}× (b) [{rb_lo:.2}–{rb_hi:.2}] · {rbb_m:.2}× (b') [{rbb_lo:.2}–{rbb_hi:.2}] · {ra:.0}× (a)"
+                "{rb_m:.2}× (b) [{rb_lo:.2}–{rb_hi:.2}] · {rbb_m:.2}× (b') \
+                    [{rbb_lo:.2}–{rbb_hi:.2}] · {ra:.0}× (a)"
             ))
             .target(target)
             .int("frames", u64::from(f))
@@ -499,23 +512,39 @@ fn section_throughput(cfg: &Cfg, report: &mut Report, checks: &mut Checks) -> BR
 fn percore_rows(cfg: &Cfg, report: &mut Report, checks: &mut Checks) -> BResult<()> {
     const S: &str = "1 throughput";
     for (side, what) in [
-        (percore::Side::Consumer, "consumer: AsyncRing::batch + iterating each record (copy, validation, seq) + drop, 1 frame"),
-        (percore::Side::Producer, "producer: HvRing::put_invalidate (ring core, one record per call, under hv.c's ring mutex)"),
-        (percore::Side::ProducerBatch, "producer: HvRing::put_invalidate_batch (ring core, ≤64 records per call)"),
+        (
+            percore::Side::Consumer,
+            "consumer: AsyncRing::batch + iterating each record (copy, \
+            validation, seq) + drop, 1 frame",
+        ),
+        (
+            percore::Side::Producer,
+            "producer: HvRing::put_invalidate (ring core, one record per \
+            call, under hv.c's ring mutex)",
+        ),
+        (
+            percore::Side::ProducerBatch,
+            "producer: HvRing::put_invalidate_batch (ring core, ≤64 \
+            records per call)",
+        ),
     ] {
         let c = percore::per_record(side, cfg.percore_rounds, cfg.reps.max(5), checks)?;
         report.rows.push(
-            Row::new(S, format!("per record, one thread, records hot in L1: {what}"))
-                .result(format!(
-                    "median round {:.2} ns/record (p10 {:.2}, p90 {:.2}) · {} records in rounds of 128",
-                    c.median, c.p10, c.p90, c.records
-                ))
-                .target(format!("≤ 8 ns: {}", timed(cfg, c.median <= 8.0)))
-                .text("side", format!("{side:?}"))
-                .num("ns_per_record", c.median)
-                .num("ns_per_record_p10", c.p10)
-                .num("ns_per_record_p90", c.p90)
-                .int("records", c.records),
+            Row::new(
+                S,
+                format!("per record, one thread, records hot in L1: {what}"),
+            )
+            .result(format!(
+                "median round {:.2} ns/record (p10 {:.2}, p90 {:.2}) · {} records in rounds \
+                        of 128",
+                c.median, c.p10, c.p90, c.records
+            ))
+            .target(format!("≤ 8 ns: {}", timed(cfg, c.median <= 8.0)))
+            .text("side", format!("{side:?}"))
+            .num("ns_per_record", c.median)
+            .num("ns_per_record_p10", c.p10)
+            .num("ns_per_record_p90", c.p90)
+            .int("records", c.records),
         );
     }
     Ok(())
@@ -531,7 +560,10 @@ fn lat_cells(rtts: &[u64]) -> (u64, u64, u64) {
 
 fn section_latency(cfg: &Cfg, report: &mut Report, checks: &mut Checks) -> BResult<()> {
     const S: &str = "2 OOM latency";
-    progress("2/6 OOM latency: per-type (sleeping and polling OOM consumer) alone / under flood, single-ring alone / under flood");
+    progress(
+        "2/6 OOM latency: per-type (sleeping and polling OOM consumer) alone / under flood, \
+        single-ring alone / under flood",
+    );
     // Interleaved rounds, so that slow drifts of this (virtual) machine
     // spread over every scenario instead of landing on one.
     let rounds = cfg.oom_rounds.max(1);
@@ -663,21 +695,31 @@ fn section_loss(cfg: &Cfg, report: &mut Report, checks: &mut Checks) -> BResult<
     let l = loss::slow_consumer(cfg.loss_attempts, checks)?;
     let exact = l.attempted == l.consumed + l.lost && l.seq_lost == l.lost;
     report.rows.push(
-        Row::new(S, "slow consumer (1 frame, batch 32, table work + 50 µs nap per batch), producer never waits")
-            .result(format!(
-                "produced {} = consumed {} + lost {} · seq-gap losses {} · {} batches in {:.2} s",
-                l.attempted, l.consumed, l.lost, l.seq_lost, l.batches, l.secs
-            ))
-            .ratio(format!("loss rate {:.1}%", 100.0 * ratio(l.lost as f64, l.attempted as f64)))
-            .target(format!("produced = consumed + lost exactly: {}", met(exact)))
-            .int("produced", l.attempted)
-            .int("consumed", l.consumed)
-            .int("lost", l.lost)
-            .int("lost_by_seq_gaps", l.seq_lost)
-            .int("batches", l.batches)
-            .num("secs", l.secs)
-            .num("loss_rate", ratio(l.lost as f64, l.attempted as f64))
-            .flag("exact", exact),
+        Row::new(
+            S,
+            "slow consumer (1 frame, batch 32, table work + 50 µs nap per batch), \
+            producer never waits",
+        )
+        .result(format!(
+            "produced {} = consumed {} + lost {} · seq-gap losses {} · {} batches in {:.2} s",
+            l.attempted, l.consumed, l.lost, l.seq_lost, l.batches, l.secs
+        ))
+        .ratio(format!(
+            "loss rate {:.1}%",
+            100.0 * ratio(l.lost as f64, l.attempted as f64)
+        ))
+        .target(format!(
+            "produced = consumed + lost exactly: {}",
+            met(exact)
+        ))
+        .int("produced", l.attempted)
+        .int("consumed", l.consumed)
+        .int("lost", l.lost)
+        .int("lost_by_seq_gaps", l.seq_lost)
+        .int("batches", l.batches)
+        .num("secs", l.secs)
+        .num("loss_rate", ratio(l.lost as f64, l.attempted as f64))
+        .flag("exact", exact),
     );
     let mut kicks = Vec::new();
     for batch in BATCHES {
@@ -777,32 +819,62 @@ fn section_share(cfg: &Cfg, report: &mut Report, checks: &mut Checks) {
     let a = share::apply_records(frames, cfg.reps, checks);
     let ok = a.rate() >= 5e6;
     report.rows.push(
-        Row::new(S, format!("table applying invalidation records: {frames} frames × {} gfns over 4 domains, each gfn UNSHARED (HANDLE_GONE on the last), one core", share::PER_FRAME))
-            .result(format!("{}rec/s ({} records in {:.1} ms)", fmt_rate(a.rate()), a.items, a.secs * 1e3))
-            .target(format!("≥ 5 M rec/s: {}", timed(cfg, ok)))
-            .num("records_per_s", a.rate())
-            .int("records", a.items)
-            .flag("target_met", ok),
+        Row::new(
+            S,
+            format!(
+                "table applying invalidation records: {frames} frames × {} gfns over \
+            4 domains, each gfn UNSHARED (HANDLE_GONE on the last), one core",
+                share::PER_FRAME
+            ),
+        )
+        .result(format!(
+            "{}rec/s ({} records in {:.1} ms)",
+            fmt_rate(a.rate()),
+            a.items,
+            a.secs * 1e3
+        ))
+        .target(format!("≥ 5 M rec/s: {}", timed(cfg, ok)))
+        .num("records_per_s", a.rate())
+        .int("records", a.items)
+        .flag("target_met", ok),
     );
     let sc = share::scan_pipeline(cfg.share_bytes, cfg.reps, checks);
     let gib_s = sc.run.rate() / f64::from(1u32 << 30);
     let ok = gib_s >= 1.0;
     report.rows.push(
-        Row::new(S, format!("scan pipeline on local memory: {} of pages ({}% zero, {}% copies of {} pages, the rest unique), zero check + xxh3 + table insert/match, one core", fmt_bytes(cfg.share_bytes), share::MIX.0, share::MIX.1, share::PATTERNS))
-            .result(format!("{gib_s:.2} GiB/s · {}pages/s · {} distinct, {} matches", fmt_rate(sc.pages as f64 / sc.run.secs), sc.new, sc.matches))
-            .target(format!("≥ 1 GiB/s: {}", timed(cfg, ok)))
-            .num("gib_per_s", gib_s)
-            .num("pages_per_s", sc.pages as f64 / sc.run.secs)
-            .int("pages", sc.pages)
-            .int("distinct", sc.new)
-            .int("matches", sc.matches)
-            .flag("target_met", ok),
+        Row::new(
+            S,
+            format!(
+                "scan pipeline on local memory: {} of pages ({}% zero, {}% copies of \
+            {} pages, the rest unique), zero check + xxh3 + table insert/match, one core",
+                fmt_bytes(cfg.share_bytes),
+                share::MIX.0,
+                share::MIX.1,
+                share::PATTERNS
+            ),
+        )
+        .result(format!(
+            "{gib_s:.2} GiB/s · {}pages/s · {} distinct, {} matches",
+            fmt_rate(sc.pages as f64 / sc.run.secs),
+            sc.new,
+            sc.matches
+        ))
+        .target(format!("≥ 1 GiB/s: {}", timed(cfg, ok)))
+        .num("gib_per_s", gib_s)
+        .num("pages_per_s", sc.pages as f64 / sc.run.secs)
+        .int("pages", sc.pages)
+        .int("distinct", sc.new)
+        .int("matches", sc.matches)
+        .flag("target_met", ok),
     );
 }
 
 fn section_pool(cfg: &Cfg, report: &mut Report, checks: &mut Checks) -> BResult<()> {
     const S: &str = "6 concurrent consumers";
-    progress("6/6 pager: fast vCPUs beside a slow one, 1 worker vs a pool; sync round trips from 1, 2, 4 threads");
+    progress(
+        "6/6 pager: fast vCPUs beside a slow one, 1 worker vs a pool; sync round trips from \
+        1, 2, 4 threads",
+    );
     let mut lat = Vec::new();
     for workers in [1usize, 4] {
         for slow in [false, true] {
@@ -876,7 +948,8 @@ fn section_pool(cfg: &Cfg, report: &mut Report, checks: &mut Checks) -> BResult<
             Row::new(
                 S,
                 format!(
-                    "sync round trips: {} vCPUs re-faulting at once, the waiter hands requests to {threads} thread(s) answering by Responder",
+                    "sync round trips: {} vCPUs re-faulting at once, the waiter hands requests to \
+                        {threads} thread(s) answering by Responder",
                     pool::RT_VCPUS
                 ),
             )
@@ -904,31 +977,119 @@ fn notes(cfg: &Cfg, report: &mut Report) {
         );
     }
     n.push(format!(
-        "Machine: {} CPUs. Throughput methodology: every async configuration is measured in {} interleaved pairs; a pair is a cross-CPU ping-pong probe, the per-record SPSC reference (b), the batched-publish SPSC reference (b'), the configuration, and another probe, each run {:?} with the same slot count; ratios are computed within a pair only, and the median and the range over the pairs are shown; a verdict says met only when the median meets the target. The baseline (a) runs once between configurations (median shown). Producer and consumer threads are pinned to CPU 0 and CPU 1 in every section-1 run. rate = records taken / consumer's elapsed time (tail included). The ping-pong probe bounces one cache line between the two CPUs; its round trip follows where the host placed them (about 60-320 ns on this machine) and every cross-CPU figure follows it.",
+        "Machine: {} CPUs. Throughput methodology: every async configuration is measured in {} \
+            interleaved pairs; a pair is a cross-CPU ping-pong probe, the per-record SPSC \
+            reference (b), the batched-publish SPSC reference (b'), the configuration, and \
+            another probe, each run {:?} with the same slot count; ratios are computed within a \
+            pair only, and the median and the range over the pairs are shown; a verdict says met \
+            only when the median meets the target. The baseline (a) runs once between \
+            configurations (median shown). Producer and consumer threads are pinned to CPU 0 and \
+            CPU 1 in every section-1 run. rate = records taken / consumer's elapsed time (tail \
+            included). The ping-pong probe bounces one cache line between the two CPUs; its round \
+            trip follows where the host placed them (about 60-320 ns on this machine) and every \
+            cross-CPU figure follows it.",
         util::cpus(),
         cfg.pairs,
         cfg.run,
     ));
-    n.push(format!("Async producer = the hypervisor's ring core (mem_event_ring.c, unchanged, under hv.c's ring mutex) posting in bulk through mem_event_ring_put_async_batch (HarnessRing::put_invalidate_batch, ≤{} records per call: one lock, one req_prod publication, one barrier, one event check), as Xen does on its bulk paths; consumer = the library's AsyncRing (wait + batch) on another thread; event channel = the harness eventfd. The consumer takes whatever is waiting while it is awake and arms req_event (fence, re-check) only when it finds the ring empty, before it sleeps. Xen itself never waits on a full async ring: for LOSSLESS throughput the bench producer reads req_cons/req_prod from the shared header (atomic loads) and posts only into free slots, spinning then yielding when full. Every lossless run checks lost == 0 and in-order seq.", throughput::BULK));
-    n.push("Per-record rows: one thread, a 1-frame ring (4 KiB of records, L1-resident), 128 records posted then taken per round; only the named side is timed, every round on its own (Instant around the 128 records, not per record), and the median round is shown with the 10th and 90th percentiles (a round preempted on this shared machine is an outlier, not a shift of the median). The single-record producer pays hv.c's mutex (the model of Xen's ring spinlock), the ring core's barriers and its event check per record; the batched one pays them once per ≤64 records.".into());
-    n.push("Section 6: the tools' pager (pager::run) on the ring core, its policy returning at once for vCPUs 1-3 and sleeping 200 ms for vCPU 0, which faults again as soon as it is answered; the fast vCPUs fault one at a time, 100-400 µs apart; pause = raise to the unpause the requester sees (polling, yielding). workers = 1 runs one policy at a time (a slow one blocks everybody); the pool runs 4. Round trips: 16 vCPUs re-faulted by one 'Xen' thread as soon as they are unpaused; the waiter (SyncRing::wait + take_requests) hands each batch of requests to 1, 2 or 4 threads in turn, which answer through Responder::respond (kicks coalesced). On 2 cores more threads add handoffs, not cores.".into());
-    n.push("(a) models today's vm_event ring in the bench: 64 B sring header + 8 union slots of 400 B in one 4 KiB page; Xen copies a whole 400 B request in under the ring lock and kicks the eventfd for every request; the consumer (xen-access-shaped) copies each request out, writes a 400 B response back into the ring, and notifies Xen once per drain round, which runs vm_event_resume (copies responses out, frees slots, wakes the producer); a producer finding the ring full sleeps on its own eventfd until resume wakes it.".into());
-    n.push("(b) is a minimal lock-free SPSC queue (cached indices, Release/Acquire, cache-line-padded) of the same 32 B records between two threads, the producer spinning then yielding when full and the consumer spinning then yielding when empty: no notification, no validation, no lock; it publishes its index after every record. (b') is the same queue publishing its index once per ≤64 records written (the fair reference for a ring posted in bulk). Ratios compare against (b) and (b') with the same slot count, measured in the same pair.".into());
     n.push(format!(
-        "OOM latency: the OOM consumer either sleeps on the event channel (SyncRing::wait) or polls the producer index (SyncRing::available, spinning then yielding); alone, a sleeping consumer pays a wake-up per event, which a flood (keeping it awake) can hide, hence both modes. A requester thread (a vCPU) raises an OOM through HarnessRing::raise_oom (the ring core pauses the vCPU and kicks the consumer's eventfd); RTT = from just before the raise to the moment the vCPU is unpaused, stamped on the consumer's thread right after the call that ran Xen's response processing returned (flush() for the SyncRing; the response for the model). The requester then waits for the unpause sleeping (10 µs polls, not timed), so that on 2 cores it does not compete with the consumers. {} events per scenario in {} interleaved rounds (alone and flood scenarios alternate, spreading machine noise over all of them), 100–400 µs random gap between events. Per-type consumer = library SyncRing (wait, take_requests, respond, flush) on its own thread.",
-        cfg.oom_samples,
-        cfg.oom_rounds
+        "Async producer = the hypervisor's ring core (mem_event_ring.c, unchanged, \
+        under hv.c's ring mutex) posting in bulk through mem_event_ring_put_async_batch \
+        (HarnessRing::put_invalidate_batch, ≤{} records per call: one lock, one req_prod \
+        publication, one barrier, one event check), as Xen does on its bulk paths; consumer = the \
+        library's AsyncRing (wait + batch) on another thread; event channel = the harness \
+        eventfd. The consumer takes whatever is waiting while it is awake and arms req_event \
+        (fence, re-check) only when it finds the ring empty, before it sleeps. Xen itself never \
+        waits on a full async ring: for LOSSLESS throughput the bench producer reads \
+        req_cons/req_prod from the shared header (atomic loads) and posts only into free slots, \
+        spinning then yielding when full. Every lossless run checks lost == 0 and in-order seq.",
+        throughput::BULK
+    ));
+    n.push(
+        "Per-record rows: one thread, a 1-frame ring (4 KiB of records, L1-resident), 128 \
+        records posted then taken per round; only the named side is timed, every round on its own \
+        (Instant around the 128 records, not per record), and the median round is shown with the \
+        10th and 90th percentiles (a round preempted on this shared machine is an outlier, not a \
+        shift of the median). The single-record producer pays hv.c's mutex (the model of Xen's \
+        ring spinlock), the ring core's barriers and its event check per record; the batched one \
+        pays them once per ≤64 records."
+            .into(),
+    );
+    n.push(
+        "Section 6: the tools' pager (pager::run) on the ring core, its policy returning at \
+        once for vCPUs 1-3 and sleeping 200 ms for vCPU 0, which faults again as soon as it is \
+        answered; the fast vCPUs fault one at a time, 100-400 µs apart; pause = raise to the \
+        unpause the requester sees (polling, yielding). workers = 1 runs one policy at a time (a \
+        slow one blocks everybody); the pool runs 4. Round trips: 16 vCPUs re-faulted by one \
+        'Xen' thread as soon as they are unpaused; the waiter (SyncRing::wait + take_requests) \
+        hands each batch of requests to 1, 2 or 4 threads in turn, which answer through \
+        Responder::respond (kicks coalesced). On 2 cores more threads add handoffs, not cores."
+            .into(),
+    );
+    n.push(
+        "(a) models today's vm_event ring in the bench: 64 B sring header + 8 union slots of \
+        400 B in one 4 KiB page; Xen copies a whole 400 B request in under the ring lock and \
+        kicks the eventfd for every request; the consumer (xen-access-shaped) copies each request \
+        out, writes a 400 B response back into the ring, and notifies Xen once per drain round, \
+        which runs vm_event_resume (copies responses out, frees slots, wakes the producer); a \
+        producer finding the ring full sleeps on its own eventfd until resume wakes it."
+            .into(),
+    );
+    n.push(
+        "(b) is a minimal lock-free SPSC queue (cached indices, Release/Acquire, \
+        cache-line-padded) of the same 32 B records between two threads, the producer spinning \
+        then yielding when full and the consumer spinning then yielding when empty: no \
+        notification, no validation, no lock; it publishes its index after every record. (b') is \
+        the same queue publishing its index once per ≤64 records written (the fair reference for \
+        a ring posted in bulk). Ratios compare against (b) and (b') with the same slot count, \
+        measured in the same pair."
+            .into(),
+    );
+    n.push(format!(
+        "OOM latency: the OOM consumer either sleeps on the event channel (SyncRing::wait) or \
+            polls the producer index (SyncRing::available, spinning then yielding); alone, a \
+            sleeping consumer pays a wake-up per event, which a flood (keeping it awake) can \
+            hide, hence both modes. A requester thread (a vCPU) raises an OOM through \
+            HarnessRing::raise_oom (the ring core pauses the vCPU and kicks the consumer's \
+            eventfd); RTT = from just before the raise to the moment the vCPU is unpaused, \
+            stamped on the consumer's thread right after the call that ran Xen's response \
+            processing returned (flush() for the SyncRing; the response for the model). The \
+            requester then waits for the unpause sleeping (10 µs polls, not timed), so that on 2 \
+            cores it does not compete with the consumers. {} events per scenario in {} \
+            interleaved rounds (alone and flood scenarios alternate, spreading machine noise over \
+            all of them), 100–400 µs random gap between events. Per-type consumer = library \
+            SyncRing (wait, take_requests, respond, flush) on its own thread.",
+        cfg.oom_samples, cfg.oom_rounds
     ));
     n.push(format!(
-        "Flood: its own producer thread posting bursts of {} invalidations at full speed (lossy: the ring drops when full) with a sched_yield between bursts, at normal priority, into a {}-frame ring with batch {}, consumed by its own thread doing a HashSet remove + insert per record (the same per-record work in both designs). The yield is what keeps a 4-thread scenario usable on 2 cores. SCHED_IDLE for the flood producers was tried and rejected: it made a preempted producer holding the single ring's lock stall that design's consumer (a priority inversion Xen's non-preemptible spinlocks do not have).",
+        "Flood: its own producer thread posting bursts of {} invalidations at full speed (lossy: \
+            the ring drops when full) with a sched_yield between bursts, at normal priority, into \
+            a {}-frame ring with batch {}, consumed by its own thread doing a HashSet remove + \
+            insert per record (the same per-record work in both designs). The yield is what keeps \
+            a 4-thread scenario usable on 2 cores. SCHED_IDLE for the flood producers was tried \
+            and rejected: it made a preempted producer holding the single ring's lock stall that \
+            design's consumer (a priority inversion Xen's non-preemptible spinlocks do not have).",
         latency::FLOOD_BURST,
         latency::FLOOD_FRAMES,
         latency::FLOOD_BATCH
     ));
     n.push(format!(
-        "Single-ring model: one {}-slot in-order ring of tagged 32 B records under one producer lock (Xen's ring lock), invalidations lossy with one slot reserved per vCPU for OOM requests, event-index kicks per {} invalidations and a kick per OOM request; one consumer thread takes everything queued and processes it in ring order, answering an OOM as soon as it reaches it (best case for that design; a consumer scanning ahead for OOMs would shorten the wait but not the shared capacity/loss coupling). Its lock is a fair ticket lock like Xen's spinlocks (std's Mutex let the flood producer starve the OOM path for milliseconds); the vm_event model uses the same lock. 'records ahead of an OOM' = records queued in the ring when the OOM request was posted.",
+        "Single-ring model: one {}-slot in-order ring of tagged 32 B records under one producer \
+            lock (Xen's ring lock), invalidations lossy with one slot reserved per vCPU for OOM \
+            requests, event-index kicks per {} invalidations and a kick per OOM request; one \
+            consumer thread takes everything queued and processes it in ring order, answering an \
+            OOM as soon as it reaches it (best case for that design; a consumer scanning ahead \
+            for OOMs would shorten the wait but not the shared capacity/loss coupling). Its lock \
+            is a fair ticket lock like Xen's spinlocks (std's Mutex let the flood producer starve \
+            the OOM path for milliseconds); the vm_event model uses the same lock. 'records ahead \
+            of an OOM' = records queued in the ring when the OOM request was posted.",
         latency::FLOOD_FRAMES * SLOTS_PER_FRAME,
         latency::FLOOD_BATCH
     ));
-    n.push("Memory: ring bytes include the header frame (and the response array for the sync ring); the resident figures are for this whole benchmark process, which holds producers, consumers and the models of every section, so they bound the consumer side from above.".into());
+    n.push(
+        "Memory: ring bytes include the header frame (and the response array for the sync \
+        ring); the resident figures are for this whole benchmark process, which holds producers, \
+        consumers and the models of every section, so they bound the consumer side from above."
+            .into(),
+    );
 }

@@ -145,7 +145,8 @@ fn one_epoll_thread_serves_both_rings_of_a_domain() {
     let summary = s.stop();
     assert!(
         vcpus_ok.iter().all(|&ok| ok) && flood_ok,
-        "a wake-up was lost (vCPUs answered in time: {vcpus_ok:?}, records taken in time: {flood_ok}): {summary}"
+        "a wake-up was lost (vCPUs answered in time: {vcpus_ok:?}, records taken in time: \
+            {flood_ok}): {summary}"
     );
 
     assert_eq!(summary.ended, Ended::Stopped);

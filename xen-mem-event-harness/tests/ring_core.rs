@@ -610,13 +610,15 @@ mod interleavings {
                 match s {
                     Step::Fault(v) if r.pause_count(v) == 0 => {
                         let rc = r.raise_oom(v, u64::from(v));
-                        prop_assert!(matches!(rc, Ok(id) if id != 0), "vCPU {} got {:?}", v, rc);
+                        let posted = matches!(rc, Ok(id) if id != 0);
+                            prop_assert!(posted, "vCPU {} got {:?}", v, rc);
                     }
                     Step::Fault(_) => {}
                     Step::FaultAll => {
                         for v in (0..vcpus).filter(|v| r.pause_count(*v) == 0) {
                             let rc = r.raise_oom(v, u64::from(v));
-                            prop_assert!(matches!(rc, Ok(id) if id != 0), "vCPU {} got {:?}", v, rc);
+                            let posted = matches!(rc, Ok(id) if id != 0);
+                            prop_assert!(posted, "vCPU {} got {:?}", v, rc);
                         }
                     }
                     Step::Foreign(n) => {

@@ -88,7 +88,8 @@ impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "scanned {} ({} zero, {} full scans) · shared {} sharing {} (Xen: saved {}, {} frames) · \
+            "scanned {} ({} zero, {} full scans) · shared {} sharing {} (Xen: saved {}, {} \
+                frames) · \
              shares {} = {} ok + {} stale ({} source, {} client) + {} failed + {} client shared \
              ({} swapped) · \
              records {} applied, {} lost, {} rescans",

@@ -406,7 +406,8 @@ impl Table {
         let entries: usize = self.doms.values().map(GfnMap::len).sum();
         if listed != with_handle || sharing != self.sharing || shared != self.shared {
             return Err(format!(
-                "members {listed} vs entries with a handle {with_handle}, sharing {sharing} vs {}, shared {shared} vs {}",
+                "members {listed} vs entries with a handle {with_handle}, sharing {sharing} vs \
+                    {}, shared {shared} vs {}",
                 self.sharing, self.shared
             ));
         }

@@ -279,7 +279,10 @@ pub enum Error {
         what: &'static str,
     },
     /// The ring page's layout version is not the one this crate speaks.
-    #[error("{op}: the {ty} ring of domain {domid} has layout version {found:#x}, expected {expected:#x}")]
+    #[error(
+        "{op}: the {ty} ring of domain {domid} has layout version {found:#x}, expected \
+        {expected:#x}"
+    )]
     VersionMismatch {
         /// The operation.
         op: Op,

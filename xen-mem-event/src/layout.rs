@@ -171,7 +171,8 @@ impl RawSyncReq {
         }
     }
 
-    #[cfg_attr(not(any(test, feature = "test-utils")), allow(dead_code))] // producer side: `testing`
+    // Producer side: `testing`.
+    #[cfg_attr(not(any(test, feature = "test-utils")), allow(dead_code))]
     pub(crate) fn encode(&self) -> RecordBytes {
         let mut b = [0u8; RECORD_SIZE];
         put(&mut b, offset_of!(Req, id), &self.id.to_ne_bytes());
@@ -199,7 +200,8 @@ pub(crate) struct RawSyncRsp {
 }
 
 impl RawSyncRsp {
-    #[cfg_attr(not(any(test, feature = "test-utils")), allow(dead_code))] // producer side: `testing`
+    // Producer side: `testing`.
+    #[cfg_attr(not(any(test, feature = "test-utils")), allow(dead_code))]
     pub(crate) fn decode(b: &RecordWords) -> RawSyncRsp {
         let pad = offset_of!(Rsp, _pad);
         RawSyncRsp {
@@ -250,7 +252,8 @@ impl RawAsyncRec {
         }
     }
 
-    #[cfg_attr(not(any(test, feature = "test-utils")), allow(dead_code))] // producer side: `testing`
+    // Producer side: `testing`.
+    #[cfg_attr(not(any(test, feature = "test-utils")), allow(dead_code))]
     pub(crate) fn encode(&self) -> RecordBytes {
         let mut b = [0u8; RECORD_SIZE];
         put(&mut b, offset_of!(Rec, seq), &self.seq.to_ne_bytes());

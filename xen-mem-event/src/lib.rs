@@ -75,7 +75,8 @@
 //! access to the memory shared with Xen) and `xen::ffi` (the calls into
 //! Xen's libraries), plus the declaration of the `unsafe trait`
 //! [`RingMemory`] (whose contract every mapping must uphold) and its
-//! implementation for the test-only heap memory.  Whatever the producer writes into the shared memory,
+//! implementation for the test-only heap memory.  Whatever the producer writes into the
+//! shared memory,
 //! the consumer reads values, not undefined behaviour; an impossible value
 //! yields [`Error::RingBroken`].
 

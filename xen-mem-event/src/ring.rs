@@ -101,7 +101,8 @@ impl<B: Backend> RingBuilder<B> {
 
     /// Async rings: records per notification at registration (0 = 1).
     /// Default 0.  Clamped to half the ring before it is registered, as
-    /// Xen clamps it (Xen refuses more than the ring).  Ignored for sync rings (the backend gets 0: the field is
+    /// Xen clamps it (Xen refuses more than the ring).  Ignored for sync rings (the backend
+    /// gets 0: the field is
     /// unused for them and Xen wants unused fields zero).
     pub fn batch(mut self, batch: u32) -> Self {
         self.params.batch = batch;

@@ -139,21 +139,24 @@ impl Shm {
 
     /// Stores a 32-bit field with Relaxed ordering (producer side of the
     /// test fakes, header initialisation).
-    #[cfg_attr(not(any(test, feature = "test-utils")), allow(dead_code))] // producer side: `testing`
+    // Producer side: `testing`.
+    #[cfg_attr(not(any(test, feature = "test-utils")), allow(dead_code))]
     pub(crate) fn store_u32(&self, off: usize, v: u32) -> Option<()> {
         self.u32_at(off)?.store(v, Ordering::Relaxed);
         Some(())
     }
 
     /// Stores a 16-bit field with Relaxed ordering.
-    #[cfg_attr(not(any(test, feature = "test-utils")), allow(dead_code))] // producer side: `testing`
+    // Producer side: `testing`.
+    #[cfg_attr(not(any(test, feature = "test-utils")), allow(dead_code))]
     pub(crate) fn store_u16(&self, off: usize, v: u16) -> Option<()> {
         self.u16_at(off)?.store(v, Ordering::Relaxed);
         Some(())
     }
 
     /// Stores a 64-bit field with Release ordering.
-    #[cfg_attr(not(any(test, feature = "test-utils")), allow(dead_code))] // producer side: `testing`
+    // Producer side: `testing`.
+    #[cfg_attr(not(any(test, feature = "test-utils")), allow(dead_code))]
     pub(crate) fn store_u64(&self, off: usize, v: u64) -> Option<()> {
         self.u64_at(off)?.store(v, Ordering::Release);
         Some(())

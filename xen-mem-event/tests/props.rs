@@ -105,7 +105,8 @@ proptest! {
                 }
                 SOp::Flush => {
                     ring.flush().unwrap();
-                    let pending: BTreeSet<u32> = ring.pending().map(|p| p.request.vcpu_id).collect();
+                    let pending: BTreeSet<u32> =
+                        ring.pending().map(|p| p.request.vcpu_id).collect();
                     let paused: BTreeSet<u32> = xen.paused_vcpus(DOM).into_iter().collect();
                     let in_ring_paused: BTreeSet<u32> =
                         in_ring.iter().filter(|r| !r.2).map(|r| r.1).collect();
@@ -251,7 +252,11 @@ proptest! {
     }
 
     #[test]
-    fn distance_and_plausibility(cons in any::<u32>(), d in 0u32..=4096, nr_slots_log in 0u32..=13) {
+    fn distance_and_plausibility(
+        cons in any::<u32>(),
+        d in 0u32..=4096,
+        nr_slots_log in 0u32..=13,
+    ) {
         let nr_slots = 1u32 << nr_slots_log;
         let prod = cons.wrapping_add(d);
         prop_assert_eq!(ring_distance(prod, cons), d);
