@@ -2,6 +2,7 @@
 //! event loops can be tested in-process against the harness.
 
 pub mod detach;
+pub mod logging;
 pub mod output;
 pub mod pager;
 pub mod share;

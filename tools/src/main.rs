@@ -249,10 +249,9 @@ fn main() -> ExitCode {
         }
     };
     // Library warnings (a failed unregister, a failed final kick) go to
-    // stderr; RUST_LOG chooses more.
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .target(env_logger::Target::Stderr)
-        .init();
+    // stderr, or to the journal with their priority under systemd;
+    // RUST_LOG chooses more.
+    xen_mem_event_tools::logging::init();
     match try_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
