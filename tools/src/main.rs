@@ -3,245 +3,25 @@
 //! Exit codes: 0 success, 1 runtime error, 2 usage error.
 
 use std::io;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use xen_mem_event::domain::Domains;
 use xen_mem_event::{
-    AsyncRing, Backend, Error, EventType, RegisterParams, Ring, SyncRing, Teardown, Token,
-    XenBackend,
+    AsyncRing, Backend, Error, EventType, RegisterParams, Ring, SyncRing, Teardown, XenBackend,
 };
+use xen_mem_event_tools::cli::{self, Cli, Cmd, FailureArg, PagerArgs, WatchArgs};
 use xen_mem_event_tools::output::{Format, Out};
 use xen_mem_event_tools::pager::{
     self, CommandPolicy, Fallback, MaxMemStep, MemControl, OnFailure, PagerEvent, PagerOpts, Policy,
 };
 use xen_mem_event_tools::stop::Stop;
-use xen_mem_event_tools::{secs, status, watch, ToolError};
-
-const EXAMPLES: &str = "\
-Examples:
-  xen-mem-event status                      rings of every domain
-  xen-mem-event status --domain guest1 --json
-  xen-mem-event pager --domain 3 --step 4096 --limit 262144
-  xen-mem-event pager --domain 3 --exec /usr/local/sbin/free-memory -- --quiet
-  xen-mem-event watch --domain 3 --batch 256 --write-handles /run/stale-handles
-  xen-mem-event share --all --pages-per-sec 50000 --json
-  xen-mem-event unregister --domain 3 --type oom     (recovery: takes over first)
-  xen-mem-event unregister --domain 3 --type oom --token 42
-  xen-mem-event register --domain 3 --type invalidate --takeover";
-
-/// Per-event-type memory event rings of Xen, from dom0.
-///
-/// Every event type of a domain has a ring of its own, with its own
-/// consumer: the OOM pager and the invalidate watcher are separate
-/// processes that never wait on each other.  Needs a hypervisor with the
-/// xen-mem-event series, and root in dom0.
-#[derive(Debug, Parser)]
-#[command(name = "xen-mem-event", version, after_help = EXAMPLES)]
-struct Cli {
-    /// Print JSON Lines (one object per line) instead of text.
-    #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Debug, Subcommand)]
-enum Cmd {
-    /// Show the rings registered for one domain or all domains.
-    ///
-    /// For each ring: type, consumer domain, frames, slots, and the
-    /// counters Xen keeps (produced, consumed, lost, bad responses,
-    /// notifications, vCPUs paused now) and its state.
-    Status {
-        /// Domain id or name (default: every domain).
-        #[arg(long, short)]
-        domain: Option<String>,
-    },
-    /// Attach to the SHARING_OOM ring and free memory for each event.
-    ///
-    /// For each OOM event (a vCPU paused because unsharing a page found no
-    /// memory) the policy frees memory, then the pager answers, which
-    /// wakes the vCPU.  If the policy fails, the request stays pending and
-    /// is retried with backoff (the vCPU stays paused, the guest is not
-    /// crashed) unless --on-failure says otherwise.  Ctrl-C answers what
-    /// is pending, unregisters and exits; a second Ctrl-C exits at once.
-    Pager(PagerArgs),
-    /// Attach to the SHARING_INVALIDATE ring and report invalidations.
-    ///
-    /// Consumes records in batches (one notification per --batch records,
-    /// at most half the ring: a larger --batch is clamped, and said so),
-    /// prints a summary line per interval (or every record with
-    /// --records), reports how many records Xen dropped because the ring
-    /// was full, and keeps the set of handles seen invalidated.
-    Watch(WatchArgs),
-    /// Share identical pages of guests (a KSM-style sharing daemon).
-    ///
-    /// Scans the managed domains' memory through read-only mappings,
-    /// shares identical pages within and across domains (nominate, compare
-    /// byte for byte, share), and keeps its table fresh by applying each
-    /// domain's SHARING_INVALIDATE ring.  Memory sharing is enabled on each
-    /// managed domain.  Prints a status line per --interval and a summary;
-    /// Ctrl-C unregisters every ring and exits.
-    Share(xen_mem_event_tools::share::ShareArgs),
-    /// Register a ring and leave it registered (scripts, recovery).
-    ///
-    /// With --takeover, replace a consumer that is still registered (e.g.
-    /// a process that died): the vCPUs it paused are released and their
-    /// faults raised again on the new ring.  Prints the owner token, which
-    /// `unregister --token` takes.
-    Register {
-        #[command(flatten)]
-        target: Target,
-        /// Data frames per array (power of two, 1-64).
-        #[arg(long, default_value_t = 1)]
-        frames: u32,
-        /// Records per notification (invalidate rings only; Xen clamps it
-        /// to half the ring and refuses more than the ring).
-        #[arg(long)]
-        batch: Option<u32>,
-        /// Take the ring over from its current consumer.
-        #[arg(long)]
-        takeover: bool,
-    },
-    /// Tear a ring down, whoever its consumer (recovery).
-    ///
-    /// Every vCPU the ring paused is released.  With --token (as printed
-    /// by `register`), only that registration is unregistered: if the ring
-    /// has since been taken over, nothing is done and the command fails.
-    /// Without --token, the ring is first taken over explicitly (its
-    /// current consumer, if alive, notices that it was taken over), then
-    /// unregistered with the fresh token.
-    Unregister {
-        #[command(flatten)]
-        target: Target,
-        /// The owner token of the registration to unregister (from
-        /// `register`).
-        #[arg(long)]
-        token: Option<Token>,
-    },
-}
-
-#[derive(Debug, Args)]
-struct Target {
-    /// Domain id or name.
-    #[arg(long, short)]
-    domain: String,
-    /// The ring.
-    #[arg(long = "type", short = 't', value_enum)]
-    ty: TypeArg,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum TypeArg {
-    /// SHARING_OOM (synchronous).
-    Oom,
-    /// SHARING_INVALIDATE (asynchronous).
-    Invalidate,
-}
-
-impl From<TypeArg> for EventType {
-    fn from(t: TypeArg) -> EventType {
-        match t {
-            TypeArg::Oom => EventType::SharingOom,
-            TypeArg::Invalidate => EventType::SharingInvalidate,
-        }
-    }
-}
-
-#[derive(Debug, Args)]
-struct PagerArgs {
-    /// Domain id or name.
-    #[arg(long, short)]
-    domain: String,
-    /// Raise the domain's allowance by this many KiB per event...
-    #[arg(long, default_value_t = 1024, conflicts_with = "exec")]
-    step: u64,
-    /// ...up to this many KiB (default: the allowance at start + 256 MiB).
-    #[arg(long, conflicts_with = "exec")]
-    limit: Option<u64>,
-    /// Instead, run this command per event (XME_DOMID, XME_VCPU, XME_GFN
-    /// and XME_ID in its environment); answer when it succeeds.  Its
-    /// arguments follow `--`: `--exec CMD -- ARG...` (they may begin with
-    /// a dash).
-    #[arg(long, value_name = "CMD")]
-    exec: Option<String>,
-    /// Arguments of the --exec command (after `--`).
-    #[arg(last = true, value_name = "ARG", requires = "exec")]
-    exec_args: Vec<String>,
-    /// When memory cannot be freed: keep retrying (the vCPU stays paused),
-    /// answer anyway, or crash the domain.
-    #[arg(long, value_enum, default_value_t = FailureArg::Retry)]
-    on_failure: FailureArg,
-    /// Data frames per array of the ring.
-    #[arg(long, default_value_t = 1)]
-    frames: u32,
-    /// Take the ring over from a consumer that is still registered.
-    #[arg(long)]
-    takeover: bool,
-    /// Exit after answering this many events.
-    #[arg(long, default_value_t = 0)]
-    count: u64,
-    /// Worker threads running the policy: requests are handled
-    /// independently, so a slow policy for one vCPU never delays another.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
-    workers: u16,
-    /// Raise the allowance only while Xen's free memory stays above this
-    /// many MiB; below, the request waits (retried with backoff, the vCPU
-    /// stays paused), or, with --exec, goes to the command (the allowance
-    /// is then raised by the default step and limit first).
-    #[arg(long, value_name = "MiB")]
-    reserve: Option<u64>,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum FailureArg {
-    Retry,
-    Resume,
-    Crash,
-}
-
-#[derive(Debug, Args)]
-struct WatchArgs {
-    /// Domain id or name.
-    #[arg(long, short)]
-    domain: String,
-    /// Records per notification.
-    #[arg(long, default_value_t = 64)]
-    batch: u32,
-    /// Data frames of the ring (power of two, 1-64; 128 records a frame).
-    #[arg(long, default_value_t = 4)]
-    frames: u32,
-    /// Print every record instead of a summary per interval.
-    #[arg(long)]
-    records: bool,
-    /// Seconds between summary lines (and --write-handles updates).
-    #[arg(long, default_value = "1", value_parser = secs)]
-    interval: Duration,
-    /// Keep the handles seen invalidated in this file: rewritten
-    /// atomically every interval and at exit.
-    #[arg(long, value_name = "FILE")]
-    write_handles: Option<PathBuf>,
-    /// Exit after this many records.
-    #[arg(long, default_value_t = 0)]
-    count: u64,
-    /// Exit after this many seconds without records.
-    #[arg(long, value_parser = secs)]
-    idle_exit: Option<Duration>,
-    /// Take the ring over from a consumer that is still registered.
-    #[arg(long)]
-    takeover: bool,
-    /// Consume this many records per second at most (testing slow consumers).
-    #[arg(long, hide = true)]
-    slow: Option<u64>,
-}
+use xen_mem_event_tools::{status, watch, ToolError};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse().and_then(validate) {
+    let cli = match cli::parse() {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
@@ -259,24 +39,6 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-/// Usage errors clap cannot express.
-fn validate(cli: Cli) -> Result<Cli, clap::Error> {
-    if let Cmd::Register {
-        target,
-        batch: Some(_),
-        ..
-    } = &cli.cmd
-    {
-        if matches!(target.ty, TypeArg::Oom) {
-            return Err(Cli::command().error(
-                clap::error::ErrorKind::ArgumentConflict,
-                "--batch applies to invalidate rings only, not --type oom",
-            ));
-        }
-    }
-    Ok(cli)
 }
 
 fn try_main(cli: Cli) -> Result<(), ToolError> {
