@@ -50,6 +50,7 @@ const LIBRARIES: &[(&str, Range<&str>, &str)] = &[
     ),
     ("xencall", "1.0".."2", "libxencall 1.x"),
     ("xentoollog", "1.0".."2", "libxentoollog 1.x"),
+    ("xenstore", "4.0".."5", "libxenstore 4.x"),
 ];
 
 fn main() {
@@ -379,6 +380,10 @@ fn generate_libs(
         .allowlist_function("xencall_(open|close|alloc_buffer|free_buffer)")
         .allowlist_function("xencall[0-5]")
         .allowlist_var("XENCALL_OPENFLAG_NON_REENTRANT")
+        // libxenstore: watches for domains appearing and going
+        // (@introduceDomain, @releaseDomain).
+        .allowlist_function("xs_(open|close|fileno|watch|unwatch|check_watch)")
+        .allowlist_type("xs_watch_type")
         // libxentoollog
         .allowlist_function(
             "xtl_(createlogger_stdiostream|stdiostream_set_minlevel|logger_destroy)",

@@ -119,3 +119,16 @@ fn stdio_logger_round_trip() {
     // SAFETY: "0 is ok".
     unsafe { xtl_logger_destroy(ptr::null_mut()) };
 }
+
+#[test]
+fn xs_open_fails_cleanly_or_opens() {
+    // SAFETY: no flags; the handle is closed once below.
+    let xsh = unsafe { xs_open(0) };
+    match outcome(xsh) {
+        Err(e) => assert_clean_failure("xs_open", &e),
+        Ok(xsh) => {
+            // SAFETY: a live handle, closed once.
+            unsafe { xs_close(xsh) };
+        }
+    }
+}

@@ -11,3 +11,4 @@
 #include <xenevtchn.h>
 #include <xenforeignmemory.h>
 #include <xenctrl.h>
+#include <xenstore.h>

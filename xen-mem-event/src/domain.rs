@@ -1,12 +1,15 @@
 //! Domain queries the consumers need besides the rings: which domains
 //! exist, their memory allowance, and the pager's two actions (raise the
-//! allowance, crash the domain).  Through the distribution's libxenctrl.
+//! allowance, crash the domain).  Through the distribution's libxenctrl;
+//! [`DomainWatch`] learns of domains appearing and going from xenstore.
 
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
 use xen_mem_event_sys::abi;
 
 use crate::xen::ffi::XenCtrl;
+use crate::xen::xenstore::XenStore;
 use crate::{Error, Op};
 
 /// What Xen says about a domain.
@@ -144,5 +147,123 @@ impl Domains {
         self.xc
             .crash(domid)
             .map_err(|e| err(Op::Crash, Some(domid), e))
+    }
+}
+
+/// The xenstore special paths fired when a domain is introduced to
+/// xenstored (created) and released (destroyed).
+const INTRODUCE: &str = "@introduceDomain";
+const RELEASE: &str = "@releaseDomain";
+
+/// What a [`DomainWatch`] saw since the last [`DomainWatch::changes`].
+/// The events name no domain: read the domain list ([`Domains::list`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DomainChanges {
+    /// A domain was introduced (created).
+    pub introduced: bool,
+    /// A domain was released (destroyed).
+    pub released: bool,
+}
+
+impl DomainChanges {
+    /// Anything at all.
+    pub fn any(&self) -> bool {
+        self.introduced || self.released
+    }
+
+    /// Counts one watch event on `path` (other paths are ignored).
+    fn note(&mut self, path: &[u8]) {
+        if path == INTRODUCE.as_bytes() {
+            self.introduced = true;
+        } else if path == RELEASE.as_bytes() {
+            self.released = true;
+        }
+    }
+}
+
+/// Xenstore watches on `@introduceDomain` and `@releaseDomain`: a
+/// descriptor ([`AsFd`]) that becomes readable when a domain is created
+/// or destroyed, for an event loop's `poll`; then [`changes`] says which
+/// (and consumes the events).  xenstored fires each watch once when it is
+/// set, so the first [`changes`] reports both: read the domain list then.
+///
+/// [`changes`]: DomainWatch::changes
+#[derive(Debug)]
+pub struct DomainWatch {
+    xs: XenStore,
+}
+
+impl DomainWatch {
+    /// Connects to xenstored and sets both watches.  [`Error::NotXen`]
+    /// outside a Xen domain; [`Error::Os`] (op [`Op::Watch`]) when
+    /// xenstored cannot be reached.
+    pub fn open() -> Result<DomainWatch, Error> {
+        if !Path::new("/proc/xen").exists() && !Path::new("/dev/xen").exists() {
+            return Err(Error::NotXen { op: Op::Watch });
+        }
+        let os = |errno| Error::Os {
+            op: Op::Watch,
+            domid: None,
+            errno,
+        };
+        let mut xs = XenStore::open().map_err(os)?;
+        for (path, token) in [(INTRODUCE, c"xme-introduce"), (RELEASE, c"xme-release")] {
+            let path = std::ffi::CString::new(path).map_err(|_| os(libc::EINVAL))?;
+            xs.watch(&path, token).map_err(os)?;
+        }
+        Ok(DomainWatch { xs })
+    }
+
+    /// Takes every pending watch event, without blocking.
+    pub fn changes(&mut self) -> Result<DomainChanges, Error> {
+        let mut c = DomainChanges::default();
+        while let Some((path, _token)) = self.xs.check_watch().map_err(|errno| Error::Os {
+            op: Op::Watch,
+            domid: None,
+            errno,
+        })? {
+            c.note(path.to_bytes());
+        }
+        Ok(c)
+    }
+}
+
+impl AsFd for DomainWatch {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.xs.fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_follow_the_paths() {
+        let mut c = DomainChanges::default();
+        assert!(!c.any());
+        c.note(b"/local/domain/3/name");
+        assert!(!c.any(), "other paths are ignored");
+        c.note(b"@releaseDomain");
+        assert_eq!((c.introduced, c.released), (false, true));
+        c.note(b"@introduceDomain");
+        assert_eq!((c.introduced, c.released), (true, true));
+        assert!(c.any());
+    }
+
+    #[test]
+    fn open_outside_xen_or_without_xenstored_is_an_error() {
+        if Path::new("/dev/xen/xenbus").exists() || Path::new("/run/xenstored/socket").exists() {
+            return; // a dom0 with xenstored: opening may well succeed
+        }
+        let r = DomainWatch::open().map(|_| ());
+        assert!(
+            matches!(
+                r,
+                Err(Error::NotXen { op: Op::Watch } | Error::Os { op: Op::Watch, .. })
+            ),
+            "{r:?}"
+        );
     }
 }

@@ -37,6 +37,9 @@ pub enum Op {
     SetMaxMem,
     /// Crashing a domain.
     Crash,
+    /// Watching xenstore for domains (`xs_open`, `xs_watch`,
+    /// `xs_check_watch`).
+    Watch,
 }
 
 impl fmt::Display for Op {
@@ -56,6 +59,7 @@ impl fmt::Display for Op {
             Op::Respond => "respond",
             Op::SetMaxMem => "setmaxmem",
             Op::Crash => "crash",
+            Op::Watch => "xenstore watch",
         })
     }
 }

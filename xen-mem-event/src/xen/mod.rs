@@ -3,6 +3,7 @@
 pub(crate) mod ffi;
 pub(crate) mod memshr;
 pub(crate) mod poll;
+pub(crate) mod xenstore;
 
 use std::path::Path;
 use std::sync::Arc;
