@@ -4,15 +4,17 @@
 //! `xen-mem-event-share`'s [`Daemon`].
 //!
 //! Domains come and go: `--all` picks up every HVM domain as it appears
-//! (the domain list is read every [`ShareOpts::discover`]); a domain that
-//! is destroyed (its ring detached, or gone from the list, or its pages
-//! unreadable) is forgotten and the others are still managed; a domain
+//! (the domain list is read when the host's xenstore watch on
+//! `@introduceDomain` / `@releaseDomain` fires, never polled); a domain
+//! that is destroyed (its ring detached, or gone from the list, or its
+//! pages unreadable) is forgotten and the others are still managed; a domain
 //! that cannot be managed (no such domain, PV, sharing refused, its ring
 //! taken) gets one line saying why.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -37,10 +39,16 @@ pub struct DomainState {
 }
 
 /// What the daemon needs from Xen besides pages and sharing ops: the
-/// domain list and turning sharing on.
+/// domain list, word when it changes, and turning sharing on.
 pub trait Host: PageSource + Sharing {
     /// Every live domain but dom0 (dying ones left out).
     fn domains(&mut self) -> Result<Vec<DomainState>, String>;
+    /// A descriptor that is readable when a domain was created or
+    /// destroyed (xenstore's `@introduceDomain` / `@releaseDomain`).
+    fn watch_fd(&self) -> BorrowedFd<'_>;
+    /// Consumes what made [`Host::watch_fd`] readable: did a domain come
+    /// or go since the last call?
+    fn domains_changed(&mut self) -> Result<bool, String>;
     /// Turns memory sharing on for `domid` (`xc_memshr_control`).
     fn enable_sharing(&mut self, domid: DomId) -> Result<(), String>;
 }
@@ -62,8 +70,6 @@ pub struct ShareOpts {
     pub takeover: bool,
     /// Between two status lines.
     pub interval: Duration,
-    /// Between two reads of the domain list.
-    pub discover: Duration,
     /// Stop after this long (`None`: until Ctrl-C).
     pub duration: Option<Duration>,
 }
@@ -78,7 +84,6 @@ impl Default for ShareOpts {
             ring_batch: 64,
             takeover: false,
             interval: Duration::from_secs(1),
-            discover: Duration::from_secs(2),
             duration: None,
         }
     }
@@ -331,7 +336,6 @@ impl<B: Backend + Clone, H: Host, W: Write> Loop<'_, B, H, W> {
         if self.opts.all {
             self.discover(&list)?;
         }
-        let mut next_discover = self.opts.discover;
         let mut next_stats = self.opts.interval;
         let mut last = (Duration::ZERO, 0u64);
         loop {
@@ -342,10 +346,9 @@ impl<B: Backend + Clone, H: Host, W: Write> Loop<'_, B, H, W> {
             if self.opts.duration.is_some_and(|d| now >= d) {
                 return Ok(Ended::Done);
             }
-            if now >= next_discover {
+            if self.domains_changed() {
                 let list = self.domain_list();
                 self.discover(&list)?;
-                next_discover = now + self.opts.discover;
             }
             self.drain_rings()?;
             let next_pass = self.daemon.step(self.host, now);
@@ -363,7 +366,7 @@ impl<B: Backend + Clone, H: Host, W: Write> Loop<'_, B, H, W> {
                 })?;
                 next_stats = now + self.opts.interval;
             }
-            let mut wake = next_pass.min(next_stats).min(next_discover);
+            let mut wake = next_pass.min(next_stats);
             if let Some(d) = self.opts.duration {
                 wake = wake.min(d);
             }
@@ -385,6 +388,15 @@ impl<B: Backend + Clone, H: Host, W: Write> Loop<'_, B, H, W> {
                 Vec::new()
             }
         }
+    }
+
+    /// Did a domain come or go (the watch fired)?  A watch that fails is
+    /// said once per failure and counts as a change (the list is read).
+    fn domains_changed(&mut self) -> bool {
+        self.host.domains_changed().unwrap_or_else(|e| {
+            log::warn!("xenstore watch: {e}");
+            true
+        })
     }
 
     /// `--all`: manages the HVM domains not managed yet; and with or
@@ -550,18 +562,20 @@ impl<B: Backend + Clone, H: Host, W: Write> Loop<'_, B, H, W> {
         Ok(())
     }
 
-    /// Sleeps until a ring's descriptor is readable or `timeout` passes.
+    /// Sleeps until a ring's descriptor or the domain watch is readable,
+    /// or `timeout` passes.
     fn wait(&mut self, timeout: Duration) -> Result<(), ToolError> {
+        let watch = self.host.watch_fd();
         let mut fds: Vec<rustix::event::PollFd<'_>> = self
             .doms
             .values()
             .filter_map(|m| m.ring.as_ref())
             .map(|r| rustix::event::PollFd::new(r, rustix::event::PollFlags::IN))
             .collect();
-        if fds.is_empty() {
-            std::thread::sleep(timeout);
-            return Ok(());
-        }
+        fds.push(rustix::event::PollFd::from_borrowed_fd(
+            watch,
+            rustix::event::PollFlags::IN,
+        ));
         let ts = rustix::event::Timespec::try_from(timeout).unwrap_or(rustix::event::Timespec {
             tv_sec: 0,
             tv_nsec: 200_000_000,
@@ -600,14 +614,16 @@ fn drain<B: Backend>(ring: &mut AsyncRing<B>) -> Result<Vec<InvalidateBatch>, Er
     }
 }
 
-/// The real host: [`xen_mem_event_share::xen::XenSharing`] and the domain
-/// list of libxenctrl.
+/// The real host: [`xen_mem_event_share::xen::XenSharing`], the domain
+/// list of libxenctrl and xenstore's domain watch.
 #[derive(Debug)]
 pub struct XenHost {
     /// Pages and sharing ops.
     pub sharing: xen_mem_event_share::xen::XenSharing,
     /// Domain queries.
     pub domains: xen_mem_event::domain::Domains,
+    /// Domains created and destroyed.
+    pub watch: xen_mem_event::domain::DomainWatch,
 }
 
 impl PageSource for XenHost {
@@ -658,6 +674,17 @@ impl Host for XenHost {
             .collect())
     }
 
+    fn watch_fd(&self) -> BorrowedFd<'_> {
+        self.watch.as_fd()
+    }
+
+    fn domains_changed(&mut self) -> Result<bool, String> {
+        self.watch
+            .changes()
+            .map(|c| c.any())
+            .map_err(|e| e.to_string())
+    }
+
     fn enable_sharing(&mut self, domid: DomId) -> Result<(), String> {
         self.sharing.memshr().set_enabled(domid, true).map_err(|e| {
             let hint = match rustix::io::Errno::from_raw_os_error(e.0) {
@@ -698,10 +725,6 @@ pub struct ShareArgs {
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long, value_parser = crate::secs)]
     pub duration: Option<Duration>,
-    /// Seconds between two reads of the domain list (new domains with
-    /// --all, destroyed ones always).
-    #[arg(long, default_value = "2", value_parser = crate::secs)]
-    pub list_interval: Duration,
     /// Data frames of each SHARING_INVALIDATE ring (128 records a frame);
     /// a scan pass attempts at most half a ring of shares.
     #[arg(long, default_value_t = 16)]
@@ -721,15 +744,16 @@ pub fn cmd<W: Write>(
     resolve: impl Fn(&str) -> Result<DomId, ToolError>,
     out: &mut Out<W>,
 ) -> Result<(), ToolError> {
-    if a.interval.is_zero() || a.pass_interval.is_zero() || a.list_interval.is_zero() {
+    if a.interval.is_zero() || a.pass_interval.is_zero() {
         return Err(ToolError::Other(
-            "--interval, --pass-interval and --list-interval must be positive".into(),
+            "--interval and --pass-interval must be positive".into(),
         ));
     }
     let rings = xen_mem_event::XenBackend::open()?;
     let mut host = XenHost {
         sharing: xen_mem_event_share::xen::XenSharing::open()?,
         domains: xen_mem_event::domain::Domains::open()?,
+        watch: xen_mem_event::domain::DomainWatch::open()?,
     };
     let domains = a
         .domain
@@ -755,7 +779,6 @@ pub fn cmd<W: Write>(
         ring_batch: a.batch,
         takeover: a.takeover,
         interval: a.interval,
-        discover: a.list_interval,
         duration: a.duration,
     };
     let stop = Stop::install()?;
