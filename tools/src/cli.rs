@@ -17,6 +17,7 @@ Examples:
   xen-mem-event pager --domain 3 --step 4096 --limit 262144
   xen-mem-event pager --domain 3 --exec /usr/local/sbin/free-memory -- --quiet
   xen-mem-event watch --domain 3 --batch 256 --write-handles /run/stale-handles
+  xen-mem-event pager --all --step 4096      a pager for every HVM domain, as they come
   xen-mem-event share --all --pages-per-sec 50000 --json
   xen-mem-event unregister --domain 3 --type oom     (recovery: takes over first)
   xen-mem-event unregister --domain 3 --type oom --token 42
@@ -144,8 +145,13 @@ impl From<TypeArg> for EventType {
 #[derive(Debug, Args)]
 pub struct PagerArgs {
     /// Domain id or name.
-    #[arg(long, short)]
-    pub domain: String,
+    #[arg(long, short, required_unless_present = "all", conflicts_with = "all")]
+    pub domain: Option<String>,
+    /// Every HVM domain: one pager process (with these options) per
+    /// domain, started for each domain as it appears (xenstore's
+    /// @introduceDomain), gone with it.
+    #[arg(long)]
+    pub all: bool,
     /// Raise the domain's allowance by this many KiB per event...
     #[arg(long, default_value_t = 1024, conflicts_with = "exec")]
     pub step: u64,
@@ -196,8 +202,13 @@ pub enum FailureArg {
 #[derive(Debug, Args)]
 pub struct WatchArgs {
     /// Domain id or name.
-    #[arg(long, short)]
-    pub domain: String,
+    #[arg(long, short, required_unless_present = "all", conflicts_with = "all")]
+    pub domain: Option<String>,
+    /// Every HVM domain: one watcher process (with these options) per
+    /// domain, started for each domain as it appears (xenstore's
+    /// @introduceDomain), gone with it.
+    #[arg(long)]
+    pub all: bool,
     /// Records per notification.
     #[arg(long, default_value_t = 64)]
     pub batch: u32,

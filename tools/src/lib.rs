@@ -3,12 +3,14 @@
 
 pub mod cli;
 pub mod detach;
+pub mod domains;
 pub mod logging;
 pub mod output;
 pub mod pager;
 pub mod share;
 pub mod status;
 pub mod stop;
+pub mod supervise;
 pub mod watch;
 
 use std::fmt;

@@ -13,14 +13,20 @@ use xen_mem_event::{
     AsyncRing, Backend, Error, EventType, RegisterParams, Ring, SyncRing, Teardown, XenBackend,
 };
 use xen_mem_event_tools::cli::{self, Cli, Cmd, FailureArg, PagerArgs, WatchArgs};
+use xen_mem_event_tools::domains::XenDomains;
 use xen_mem_event_tools::output::{Format, Out};
 use xen_mem_event_tools::pager::{
     self, CommandPolicy, Fallback, MaxMemStep, MemControl, OnFailure, PagerEvent, PagerOpts, Policy,
 };
 use xen_mem_event_tools::stop::Stop;
+use xen_mem_event_tools::supervise::{self, SelfSpawn};
 use xen_mem_event_tools::{status, watch, ToolError};
 
 fn main() -> ExitCode {
+    // A child of `pager --all` / `watch --all` ends with its supervisor.
+    if !supervise::follow_parent() {
+        return ExitCode::from(1);
+    }
     let cli = match cli::parse() {
         Ok(c) => c,
         Err(e) => {
@@ -166,9 +172,26 @@ impl MemControl for XenMem {
     }
 }
 
+/// `pager --all`, `watch --all`: a child process per HVM domain.
+fn cmd_all<W: io::Write>(sub: &'static str, out: &mut Out<W>) -> Result<(), ToolError> {
+    // The rings' backend first: outside Xen, the usual one line.
+    drop(XenBackend::open()?);
+    let mut domains = XenDomains::open()?;
+    let mut spawner = SelfSpawn {
+        program: std::env::current_exe()?.into_os_string(),
+        argv: std::env::args_os().collect(),
+        sub,
+    };
+    let stop = Stop::install()?;
+    supervise::run(sub, &mut domains, &mut spawner, &stop, out).map(|_| ())
+}
+
 fn cmd_pager<W: io::Write>(a: PagerArgs, out: &mut Out<W>) -> Result<(), ToolError> {
+    let Some(domain) = a.domain.as_deref() else {
+        return cmd_all("pager", out);
+    };
     let xen = Arc::new(XenBackend::open()?);
-    let domid = resolve(&a.domain)?;
+    let domid = resolve(domain)?;
     let mem = XenMem(Domains::open()?);
     let command = a
         .exec
@@ -234,8 +257,11 @@ fn cmd_watch<W: io::Write>(a: WatchArgs, out: &mut Out<W>) -> Result<(), ToolErr
             "--interval must be a positive number of seconds".into(),
         ));
     }
+    let Some(domain) = a.domain.as_deref() else {
+        return cmd_all("watch", out);
+    };
     let xen = XenBackend::open()?;
-    let domid = resolve(&a.domain)?;
+    let domid = resolve(domain)?;
     let stop = Stop::install()?;
     let mut ring = AsyncRing::builder(&xen, domid)
         .frames(a.frames)

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::Write;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -25,30 +25,14 @@ use xen_mem_event_share::{
 };
 
 use crate::detach;
+pub use crate::domains::{DomainSource, DomainState};
 use crate::output::Out;
 use crate::stop::Stop;
 use crate::ToolError;
 
-/// A domain as the domain list shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DomainState {
-    /// The domain id.
-    pub domid: DomId,
-    /// HVM or PVH (sharing needs it).
-    pub hvm: bool,
-}
-
 /// What the daemon needs from Xen besides pages and sharing ops: the
 /// domain list, word when it changes, and turning sharing on.
-pub trait Host: PageSource + Sharing {
-    /// Every live domain but dom0 (dying ones left out).
-    fn domains(&mut self) -> Result<Vec<DomainState>, String>;
-    /// A descriptor that is readable when a domain was created or
-    /// destroyed (xenstore's `@introduceDomain` / `@releaseDomain`).
-    fn watch_fd(&self) -> BorrowedFd<'_>;
-    /// Consumes what made [`Host::watch_fd`] readable: did a domain come
-    /// or go since the last call?
-    fn domains_changed(&mut self) -> Result<bool, String>;
+pub trait Host: PageSource + Sharing + DomainSource {
     /// Turns memory sharing on for `domid` (`xc_memshr_control`).
     fn enable_sharing(&mut self, domid: DomId) -> Result<(), String>;
 }
@@ -620,10 +604,8 @@ fn drain<B: Backend>(ring: &mut AsyncRing<B>) -> Result<Vec<InvalidateBatch>, Er
 pub struct XenHost {
     /// Pages and sharing ops.
     pub sharing: xen_mem_event_share::xen::XenSharing,
-    /// Domain queries.
-    pub domains: xen_mem_event::domain::Domains,
-    /// Domains created and destroyed.
-    pub watch: xen_mem_event::domain::DomainWatch,
+    /// The domain list and its watch.
+    pub domains: crate::domains::XenDomains,
 }
 
 impl PageSource for XenHost {
@@ -661,30 +643,19 @@ impl Sharing for XenHost {
     }
 }
 
-impl Host for XenHost {
+impl DomainSource for XenHost {
     fn domains(&mut self) -> Result<Vec<DomainState>, String> {
-        let list = self.domains.list().map_err(|e| e.to_string())?;
-        Ok(list
-            .into_iter()
-            .filter(|d| d.domid != 0 && !d.dying)
-            .map(|d| DomainState {
-                domid: d.domid,
-                hvm: d.hvm,
-            })
-            .collect())
+        self.domains.domains()
     }
-
     fn watch_fd(&self) -> BorrowedFd<'_> {
-        self.watch.as_fd()
+        self.domains.watch_fd()
     }
-
     fn domains_changed(&mut self) -> Result<bool, String> {
-        self.watch
-            .changes()
-            .map(|c| c.any())
-            .map_err(|e| e.to_string())
+        self.domains.domains_changed()
     }
+}
 
+impl Host for XenHost {
     fn enable_sharing(&mut self, domid: DomId) -> Result<(), String> {
         self.sharing.memshr().set_enabled(domid, true).map_err(|e| {
             let hint = match rustix::io::Errno::from_raw_os_error(e.0) {
@@ -752,8 +723,7 @@ pub fn cmd<W: Write>(
     let rings = xen_mem_event::XenBackend::open()?;
     let mut host = XenHost {
         sharing: xen_mem_event_share::xen::XenSharing::open()?,
-        domains: xen_mem_event::domain::Domains::open()?,
-        watch: xen_mem_event::domain::DomainWatch::open()?,
+        domains: crate::domains::XenDomains::open()?,
     };
     let domains = a
         .domain

@@ -67,15 +67,24 @@ fn usage_errors_exit_2() {
         .args(["watch", "--domain", "1", "--batch", "x"])
         .assert()
         .code(2);
+    for sub in ["pager", "watch"] {
+        tool()
+            .args([sub, "--all", "--domain", "1"])
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("cannot be used with"));
+    }
 }
 
 #[test]
 fn without_xen_every_command_says_so_and_exits_1() {
-    let cmds: [&[&str]; 6] = [
+    let cmds: [&[&str]; 8] = [
         &["status"],
         &["status", "--domain", "3", "--json"],
         &["pager", "--domain", "3"],
         &["watch", "--domain", "3"],
+        &["pager", "--all"],
+        &["watch", "--all", "--json"],
         &["register", "--domain", "3", "--type", "oom"],
         &["unregister", "--domain", "3", "--type", "invalidate"],
     ];

@@ -23,7 +23,7 @@ use xen_mem_event_share::{
     Config, DomId, Gfn, GfnRef, Handle, HostCounters, OpError, Page, PageSource, Reason, Sharing,
 };
 use xen_mem_event_tools::output::{Format, Out};
-use xen_mem_event_tools::share::{self, DomainState, Host, ShareOpts, Summary};
+use xen_mem_event_tools::share::{self, DomainSource, DomainState, Host, ShareOpts, Summary};
 use xen_mem_event_tools::stop::Stop;
 use xen_mem_event_tools::ToolError;
 
@@ -137,7 +137,7 @@ impl Sharing for Bridge {
     }
 }
 
-impl Host for Bridge {
+impl DomainSource for Bridge {
     fn domains(&mut self) -> Result<Vec<DomainState>, String> {
         let pv = self.pv.lock().unwrap().clone();
         let mut all: Vec<DomainState> = self
@@ -164,6 +164,9 @@ impl Host for Bridge {
             }
         }
     }
+}
+
+impl Host for Bridge {
     fn enable_sharing(&mut self, domid: DomId) -> Result<(), String> {
         if self.no_sharing.lock().unwrap().contains(&domid) {
             return Err("Operation not supported (os error 95)".into());

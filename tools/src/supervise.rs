@@ -1,0 +1,370 @@
+//! `pager --all` and `watch --all`: one consumer process per HVM domain,
+//! started for every domain that exists at start and for each one that
+//! appears (xenstore's `@introduceDomain` / `@releaseDomain` watch, through
+//! [`DomainSource`]).  Each child is the ordinary single-domain command
+//! (`pager --domain N` with the same options), so every ring still has a
+//! consumer process of its own; a child whose domain is destroyed detaches
+//! by itself (its ring is flagged DETACHED) and exits 0, and the others
+//! keep running.  A child that fails while its domain exists (its ring is
+//! another consumer's, say) is reported once and not started again until
+//! that domain goes.  Ctrl-C (SIGINT or SIGTERM) is passed on to every
+//! child, whose clean detach is waited for.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::{OsStr, OsString};
+use std::io::Write;
+use std::process::{Child, Command, ExitStatus};
+
+use serde_json::json;
+
+use crate::domains::{DomainSource, DomainState};
+use crate::output::Out;
+use crate::stop::Stop;
+use crate::ToolError;
+
+/// The environment variable naming the supervisor's pid in its children:
+/// a child that finds it asks the kernel for SIGTERM when its parent dies
+/// (and leaves at once if it already has), so no consumer outlives its
+/// supervisor.
+pub const PARENT_ENV: &str = "XME_SUPERVISOR_PID";
+
+/// The command line of the child for `domid`: the supervisor's own
+/// (`argv`, program name first) with `--all` dropped and `--domain N`
+/// put right after the subcommand `sub`.  Only options before a `--` are
+/// looked at: what follows is `--exec`'s arguments, passed as they are.
+pub fn child_args(argv: &[OsString], sub: &str, domid: u16) -> Vec<OsString> {
+    let mut out = Vec::with_capacity(argv.len() + 2);
+    let mut seen_sub = false;
+    let mut after_dashes = false;
+    for (i, a) in argv.iter().enumerate() {
+        if i > 0 && !after_dashes {
+            if a == "--" {
+                after_dashes = true;
+            } else if a == "--all" {
+                continue;
+            }
+        }
+        out.push(a.clone());
+        if i > 0 && !seen_sub && !after_dashes && a == OsStr::new(sub) {
+            seen_sub = true;
+            out.push("--domain".into());
+            out.push(domid.to_string().into());
+        }
+    }
+    out
+}
+
+/// What the supervisor does with the domain list.
+#[derive(Debug, Default)]
+struct Plan {
+    start: Vec<u16>,
+}
+
+/// The HVM domains that have neither a child nor a refusal.
+fn plan(list: &[DomainState], running: &BTreeSet<u16>, refused: &BTreeSet<u16>) -> Plan {
+    Plan {
+        start: list
+            .iter()
+            .filter(|s| s.hvm && !running.contains(&s.domid) && !refused.contains(&s.domid))
+            .map(|s| s.domid)
+            .collect(),
+    }
+}
+
+/// Starts the consumer for one domain.
+pub trait Spawn {
+    /// Starts it (stdout and stderr inherited).
+    fn spawn(&mut self, domid: u16) -> std::io::Result<Child>;
+}
+
+/// Spawns `program` with [`child_args`] of `argv`.
+#[derive(Debug)]
+pub struct SelfSpawn {
+    /// The program (this executable).
+    pub program: OsString,
+    /// The supervisor's command line.
+    pub argv: Vec<OsString>,
+    /// The subcommand (`pager`, `watch`).
+    pub sub: &'static str,
+}
+
+impl Spawn for SelfSpawn {
+    fn spawn(&mut self, domid: u16) -> std::io::Result<Child> {
+        let args = child_args(&self.argv, self.sub, domid);
+        Command::new(&self.program)
+            .args(args.iter().skip(1))
+            .env(PARENT_ENV, std::process::id().to_string())
+            .spawn()
+    }
+}
+
+/// In a child of a supervisor: SIGTERM when the supervisor dies.  Returns
+/// false if it is already gone (the child should not start).
+pub fn follow_parent() -> bool {
+    let Some(want) = std::env::var(PARENT_ENV)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
+        return true;
+    };
+    // Set first, then check: a parent dying in between is still seen.
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM));
+    let parent = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
+    parent == want
+}
+
+/// Counts for the last line.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SuperSummary {
+    /// Children started.
+    pub started: u64,
+    /// Children that ended because their domain went.
+    pub detached: u64,
+    /// Children that failed while their domain existed.
+    pub refused: u64,
+}
+
+/// Runs the supervisor until stopped.
+pub fn run<D: DomainSource, S: Spawn, W: Write>(
+    what: &str,
+    domains: &mut D,
+    spawner: &mut S,
+    stop: &Stop,
+    out: &mut Out<W>,
+) -> Result<SuperSummary, ToolError> {
+    let mut sv = Supervisor {
+        what,
+        children: BTreeMap::new(),
+        refused: BTreeSet::new(),
+        sum: SuperSummary::default(),
+    };
+    out.note(&format!(
+        "{what} --all: a {what} for every HVM domain, as they come; Ctrl-C to stop"
+    ))?;
+    let served = sv.serve(domains, spawner, stop, out);
+    sv.stop_children(out)?;
+    served?;
+    let s = sv.sum;
+    out.emit(
+        &format!(
+            "{what} --all stopped: {} started, {} detached with their domain, {} failed",
+            s.started, s.detached, s.refused
+        ),
+        json!({"kind": "supervisor_summary", "consumer": what, "started": s.started,
+            "detached": s.detached, "failed": s.refused}),
+    )?;
+    Ok(s)
+}
+
+struct Supervisor<'a> {
+    what: &'a str,
+    children: BTreeMap<u16, Child>,
+    refused: BTreeSet<u16>,
+    sum: SuperSummary,
+}
+
+impl Supervisor<'_> {
+    fn serve<D: DomainSource, S: Spawn, W: Write>(
+        &mut self,
+        domains: &mut D,
+        spawner: &mut S,
+        stop: &Stop,
+        out: &mut Out<W>,
+    ) -> Result<(), ToolError> {
+        let mut changed = true; // the domains existing at start
+        while !stop.requested() {
+            if changed {
+                match domains.domains() {
+                    Ok(list) => self.apply(&list, spawner, out)?,
+                    Err(e) => log::warn!("reading the domain list: {e}"),
+                }
+            }
+            self.reap(domains, out)?;
+            // Readable watch, a signal, or 200 ms (children's exits are
+            // looked for then).
+            let mut fds = [rustix::event::PollFd::from_borrowed_fd(
+                domains.watch_fd(),
+                rustix::event::PollFlags::IN,
+            )];
+            let ts = rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: 200_000_000,
+            };
+            match rustix::event::poll(&mut fds, Some(&ts)) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(ToolError::Io(e.into())),
+            }
+            changed = domains.domains_changed().unwrap_or_else(|e| {
+                log::warn!("xenstore watch: {e}");
+                true
+            });
+        }
+        Ok(())
+    }
+
+    /// Starts a child for each new HVM domain; forgets refusals of
+    /// domains that are gone.
+    fn apply<S: Spawn, W: Write>(
+        &mut self,
+        list: &[DomainState],
+        spawner: &mut S,
+        out: &mut Out<W>,
+    ) -> Result<(), ToolError> {
+        let live: BTreeSet<u16> = list.iter().map(|s| s.domid).collect();
+        self.refused.retain(|d| live.contains(d));
+        let running: BTreeSet<u16> = self.children.keys().copied().collect();
+        for domid in plan(list, &running, &self.refused).start {
+            match spawner.spawn(domid) {
+                Ok(child) => {
+                    self.sum.started += 1;
+                    out.emit(
+                        &format!("d{domid}: {} started (pid {})", self.what, child.id()),
+                        json!({"kind": "started", "domid": domid, "consumer": self.what,
+                            "pid": child.id()}),
+                    )?;
+                    self.children.insert(domid, child);
+                }
+                Err(e) => {
+                    self.refused.insert(domid);
+                    self.sum.refused += 1;
+                    out.emit(
+                        &format!("d{domid}: cannot start a {}: {e}", self.what),
+                        json!({"kind": "failed", "domid": domid, "consumer": self.what,
+                            "error": e.to_string()}),
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Collects the children that exited.
+    fn reap<D: DomainSource, W: Write>(
+        &mut self,
+        domains: &mut D,
+        out: &mut Out<W>,
+    ) -> Result<(), ToolError> {
+        let mut ended: Vec<(u16, ExitStatus)> = Vec::new();
+        for (&domid, child) in &mut self.children {
+            if let Ok(Some(status)) = child.try_wait() {
+                ended.push((domid, status));
+            }
+        }
+        if ended.is_empty() {
+            return Ok(());
+        }
+        let live: BTreeSet<u16> = domains
+            .domains()
+            .map(|l| l.iter().map(|s| s.domid).collect())
+            .unwrap_or_default();
+        for (domid, status) in ended {
+            self.children.remove(&domid);
+            if live.contains(&domid) {
+                // Not started again while this domain exists.
+                self.refused.insert(domid);
+                self.sum.refused += 1;
+                out.emit(
+                    &format!(
+                        "d{domid}: {} exited ({status}) while the domain exists; not restarted \
+                            until it is destroyed",
+                        self.what
+                    ),
+                    json!({"kind": "exited", "domid": domid, "consumer": self.what,
+                        "status": status.code(), "domain_alive": true}),
+                )?;
+            } else {
+                self.sum.detached += 1;
+                out.emit(
+                    &format!("d{domid}: {} detached, domain destroyed", self.what),
+                    json!({"kind": "exited", "domid": domid, "consumer": self.what,
+                        "status": status.code(), "domain_alive": false}),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGTERM to every child (a clean detach each), then waits for them.
+    fn stop_children<W: Write>(&mut self, out: &mut Out<W>) -> Result<(), ToolError> {
+        for child in self.children.values() {
+            if let Some(pid) = i32::try_from(child.id())
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+            {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+        }
+        for (domid, mut child) in std::mem::take(&mut self.children) {
+            let status = child.wait()?;
+            out.emit(
+                &format!("d{domid}: {} stopped ({status})", self.what),
+                json!({"kind": "stopped", "domid": domid, "consumer": self.what,
+                    "status": status.code()}),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn child_args_put_the_domain_after_the_subcommand_and_drop_all() {
+        assert_eq!(
+            child_args(
+                &os(&["xme", "--json", "pager", "--all", "--step", "4"]),
+                "pager",
+                7
+            ),
+            os(&["xme", "--json", "pager", "--domain", "7", "--step", "4"])
+        );
+        assert_eq!(
+            child_args(&os(&["xme", "watch", "--batch", "8", "--all"]), "watch", 12),
+            os(&["xme", "watch", "--domain", "12", "--batch", "8"])
+        );
+        // --exec's own arguments are left alone, even `--all` or `pager`.
+        assert_eq!(
+            child_args(
+                &os(&["xme", "pager", "--all", "--exec", "f", "--", "--all", "pager"]),
+                "pager",
+                3
+            ),
+            os(&["xme", "pager", "--domain", "3", "--exec", "f", "--", "--all", "pager"])
+        );
+    }
+
+    #[test]
+    fn plan_starts_new_hvm_domains_only() {
+        let list = [
+            DomainState {
+                domid: 1,
+                hvm: true,
+            },
+            DomainState {
+                domid: 2,
+                hvm: true,
+            },
+            DomainState {
+                domid: 3,
+                hvm: false,
+            },
+            DomainState {
+                domid: 4,
+                hvm: true,
+            },
+            DomainState {
+                domid: 5,
+                hvm: true,
+            },
+        ];
+        let running = BTreeSet::from([2]);
+        let refused = BTreeSet::from([4]);
+        assert_eq!(plan(&list, &running, &refused).start, [1, 5]);
+    }
+}
