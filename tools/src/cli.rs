@@ -152,6 +152,10 @@ pub struct PagerArgs {
     /// @introduceDomain), gone with it.
     #[arg(long)]
     pub all: bool,
+    /// If the domain does not exist yet, wait for it to appear (for a
+    /// service started before its guest).
+    #[arg(long, conflicts_with = "all")]
+    pub wait: bool,
     /// Raise the domain's allowance by this many KiB per event...
     #[arg(long, default_value_t = 1024, conflicts_with = "exec")]
     pub step: u64,
@@ -209,6 +213,10 @@ pub struct WatchArgs {
     /// @introduceDomain), gone with it.
     #[arg(long)]
     pub all: bool,
+    /// If the domain does not exist yet, wait for it to appear (for a
+    /// service started before its guest).
+    #[arg(long, conflicts_with = "all")]
+    pub wait: bool,
     /// Records per notification.
     #[arg(long, default_value_t = 64)]
     pub batch: u32,

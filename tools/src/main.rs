@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use xen_mem_event::domain::Domains;
+use xen_mem_event::domain::{DomainWatch, Domains};
 use xen_mem_event::{
     AsyncRing, Backend, Error, EventType, RegisterParams, Ring, SyncRing, Teardown, XenBackend,
 };
@@ -191,7 +191,8 @@ fn cmd_pager<W: io::Write>(a: PagerArgs, out: &mut Out<W>) -> Result<(), ToolErr
         return cmd_all("pager", out);
     };
     let xen = Arc::new(XenBackend::open()?);
-    let domid = resolve(domain)?;
+    let stop = Stop::install()?;
+    let domid = resolve_or_wait(domain, a.wait, &stop, out)?;
     let mem = XenMem(Domains::open()?);
     let command = a
         .exec
@@ -209,7 +210,6 @@ fn cmd_pager<W: io::Write>(a: PagerArgs, out: &mut Out<W>) -> Result<(), ToolErr
             }
         }
     };
-    let stop = Stop::install()?;
     let mut ring = SyncRing::builder(Arc::clone(&xen), domid)
         .frames(a.frames)
         .takeover(a.takeover)
@@ -261,8 +261,8 @@ fn cmd_watch<W: io::Write>(a: WatchArgs, out: &mut Out<W>) -> Result<(), ToolErr
         return cmd_all("watch", out);
     };
     let xen = XenBackend::open()?;
-    let domid = resolve(domain)?;
     let stop = Stop::install()?;
+    let domid = resolve_or_wait(domain, a.wait, &stop, out)?;
     let mut ring = AsyncRing::builder(&xen, domid)
         .frames(a.frames)
         .batch(a.batch)
@@ -308,6 +308,53 @@ fn cmd_watch<W: io::Write>(a: WatchArgs, out: &mut Out<W>) -> Result<(), ToolErr
         return Err(ToolError::Other(d.to_string()));
     }
     teardown_result(&teardown)
+}
+
+/// `resolve`, and with `wait`, until the domain exists (woken by
+/// xenstore's @introduceDomain watch): a unit started before its guest.
+fn resolve_or_wait<W: io::Write>(
+    domain: &str,
+    wait: bool,
+    stop: &Stop,
+    out: &mut Out<W>,
+) -> Result<u16, ToolError> {
+    if !wait {
+        return resolve(domain);
+    }
+    let mut watch = DomainWatch::open()?;
+    let domains = Domains::open()?;
+    let mut said = false;
+    loop {
+        // Events first, then the look-up: a domain that appears in
+        // between still fires the watch.
+        watch.changes()?;
+        if let Ok(domid) = resolve(domain) {
+            if domains.info(domid).is_ok_and(|i| !i.dying) {
+                return Ok(domid);
+            }
+        }
+        if stop.requested() {
+            return Err(ToolError::Other(format!(
+                "stopped while waiting for domain '{domain}'"
+            )));
+        }
+        if !said {
+            out.note(&format!("waiting for domain '{domain}' to appear"))?;
+            said = true;
+        }
+        let mut fds = [rustix::event::PollFd::new(
+            &watch,
+            rustix::event::PollFlags::IN,
+        )];
+        let ts = rustix::event::Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        };
+        match rustix::event::poll(&mut fds, Some(&ts)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(ToolError::Io(e.into())),
+        }
+    }
 }
 
 /// A domain id, or a name looked up with `xl domid`.
