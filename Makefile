@@ -92,7 +92,7 @@ bench: xen-src
 bench-smoke: xen-src
 	$(CARGO) run --locked -p xen-mem-event-bench --bin xme-bench -- --smoke
 
-test: deps series-check xen-release xen-debug xen-libs check harness-asan fuzz-smoke bench-smoke vm-test
+test: deps series-check xen-release xen-debug xen-libs check harness-asan fuzz-smoke bench-smoke deb upstream-check vm-test
 	@echo "make test: all tiers passed"
 
 ## The VM tier: debug Xen (+ ci/xen-test-patches), Debian dom0, test guests.
@@ -115,6 +115,9 @@ vm-bench: vm-image
 ## A root shell in the VM (poweroff -f to leave).
 vm-shell: vm-image
 	@bash ci/run-vm.sh --shell
+
+include mk/deb.mk
+include mk/upstream.mk
 
 clean:
 	rm -rf $(BUILD)/obj target

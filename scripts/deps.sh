@@ -11,6 +11,11 @@ V=$XEN_DEB_VERSION
 CLANG_RT_VERSION=${CLANG_RT_VERSION:-1:14.0.6-12}
 CLANG_PINNED=(clang-14 libclang-rt-14-dev)
 
+# The Debian package checker run on 'make deb' output, pinned to bookworm's.
+LINTIAN_VERSION=${LINTIAN_VERSION:-2.116.3+deb12u1}
+# cargo-deb ('make deb'), from crates.io, pinned; kept if already there.
+CARGO_DEB_VERSION=${CARGO_DEB_VERSION:-3.8.0}
+
 # Packages pinned to the Xen source version the series is written against.
 PINNED=(libxen-dev libxenmisc4.17 libxencall1 libxendevicemodel1 libxenevtchn1
         libxenforeignmemory1 libxengnttab1 libxenstore4 libxentoolcore1
@@ -46,6 +51,22 @@ SOURCES
     need_update=1
 fi
 
+# cargo-deb: cargo install --locked, only when the pinned version is not
+# the one installed (cargo's own cache keeps it across runs).
+cargo_deb() {
+    local cargo=${CARGO:-cargo}
+    command -v "$cargo" >/dev/null || cargo=$HOME/.cargo/bin/cargo
+    if "$cargo" deb --version 2>/dev/null | grep -qx "cargo-deb $CARGO_DEB_VERSION\|$CARGO_DEB_VERSION"; then
+        return 0
+    fi
+    if "$cargo" install --list 2>/dev/null | grep -q "^cargo-deb v$CARGO_DEB_VERSION:"; then
+        return 0
+    fi
+    echo "deps: cargo install --locked cargo-deb $CARGO_DEB_VERSION"
+    "$cargo" install --locked -q cargo-deb --version "$CARGO_DEB_VERSION"
+}
+cargo_deb
+
 missing=()
 for p in "${PINNED[@]}"; do
     have=$(dpkg-query -W -f='${Status} ${Version}' "$p" 2>/dev/null || true)
@@ -56,6 +77,8 @@ for p in "${CLANG_PINNED[@]}"; do
     [ "$have" = "install ok installed $CLANG_RT_VERSION" ] \
         || missing+=("$p=$CLANG_RT_VERSION")
 done
+have=$(dpkg-query -W -f='${Status} ${Version}' lintian 2>/dev/null || true)
+[ "$have" = "install ok installed $LINTIAN_VERSION" ] || missing+=("lintian=$LINTIAN_VERSION")
 for p in "${PLAIN[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
         || missing+=("$p")
