@@ -148,8 +148,8 @@ pub struct PagerArgs {
     #[arg(long, short, required_unless_present = "all", conflicts_with = "all")]
     pub domain: Option<String>,
     /// Every HVM domain: one pager process (with these options) per
-    /// domain, started for each domain as it appears (xenstore's
-    /// @introduceDomain), gone with it.
+    /// domain, started for each domain as it appears (a xenstore watch),
+    /// gone with it.
     #[arg(long)]
     pub all: bool,
     /// If the domain does not exist yet, wait for it to appear (for a
@@ -209,8 +209,8 @@ pub struct WatchArgs {
     #[arg(long, short, required_unless_present = "all", conflicts_with = "all")]
     pub domain: Option<String>,
     /// Every HVM domain: one watcher process (with these options) per
-    /// domain, started for each domain as it appears (xenstore's
-    /// @introduceDomain), gone with it.
+    /// domain, started for each domain as it appears (a xenstore watch),
+    /// gone with it.
     #[arg(long)]
     pub all: bool,
     /// If the domain does not exist yet, wait for it to appear (for a

@@ -1,5 +1,6 @@
 //! Which domains exist, and word when that changes: the domain list of
-//! libxenctrl and xenstore's `@introduceDomain` / `@releaseDomain` watch
+//! libxenctrl and xenstore's watch on `@introduceDomain`, `@releaseDomain`
+//! and `/local/domain`
 //! ([`xen_mem_event::domain::DomainWatch`]), behind [`DomainSource`] so
 //! that the `--all` loops can be tested without Xen.
 
@@ -21,7 +22,8 @@ pub trait DomainSource {
     /// Every live domain but dom0 (dying ones left out).
     fn domains(&mut self) -> Result<Vec<DomainState>, String>;
     /// A descriptor that is readable when a domain was created or
-    /// destroyed (xenstore's `@introduceDomain` / `@releaseDomain`).
+    /// destroyed (xenstore's `@introduceDomain`, `@releaseDomain`,
+    /// `/local/domain`).
     fn watch_fd(&self) -> BorrowedFd<'_>;
     /// Consumes what made [`DomainSource::watch_fd`] readable: did a
     /// domain come or go since the last call?

@@ -310,8 +310,9 @@ fn cmd_watch<W: io::Write>(a: WatchArgs, out: &mut Out<W>) -> Result<(), ToolErr
     teardown_result(&teardown)
 }
 
-/// `resolve`, and with `wait`, until the domain exists (woken by
-/// xenstore's @introduceDomain watch): a unit started before its guest.
+/// `resolve`, and with `wait`, until the domain exists (looked up again
+/// whenever the xenstore domain watch fires): a unit started before its
+/// guest.
 fn resolve_or_wait<W: io::Write>(
     domain: &str,
     wait: bool,
@@ -324,13 +325,15 @@ fn resolve_or_wait<W: io::Write>(
     let mut watch = DomainWatch::open()?;
     let domains = Domains::open()?;
     let mut said = false;
+    // The look-up, then the watch's events since: a domain that appears
+    // in between still fires the watch.
+    let mut changed = true;
     loop {
-        // Events first, then the look-up: a domain that appears in
-        // between still fires the watch.
-        watch.changes()?;
-        if let Ok(domid) = resolve(domain) {
-            if domains.info(domid).is_ok_and(|i| !i.dying) {
-                return Ok(domid);
+        if changed {
+            if let Ok(domid) = resolve(domain) {
+                if domains.info(domid).is_ok_and(|i| !i.dying) {
+                    return Ok(domid);
+                }
             }
         }
         if stop.requested() {
@@ -354,6 +357,7 @@ fn resolve_or_wait<W: io::Write>(
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(ToolError::Io(e.into())),
         }
+        changed = watch.changes()?.any();
     }
 }
 

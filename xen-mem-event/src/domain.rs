@@ -151,16 +151,22 @@ impl Domains {
 }
 
 /// The xenstore special paths fired when a domain is introduced to
-/// xenstored (created) and released (destroyed).
+/// xenstored (built) and released (destroyed), and the directory the
+/// toolstack writes a domain's keys under as soon as it creates it.
 const INTRODUCE: &str = "@introduceDomain";
 const RELEASE: &str = "@releaseDomain";
+const DOMAINS: &str = "/local/domain";
 
 /// What a [`DomainWatch`] saw since the last [`DomainWatch::changes`].
 /// The events name no domain: read the domain list ([`Domains::list`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DomainChanges {
-    /// A domain was introduced (created).
+    /// A domain was introduced, or something was written below
+    /// `/local/domain`: a domain may have been created.  xl writes
+    /// `/local/domain/N` as it creates the domain, then builds it and only
+    /// then introduces it (`@introduceDomain`): under QEMU TCG on a loaded
+    /// host the build took 20 to 60 s.
     pub introduced: bool,
     /// A domain was released (destroyed).
     pub released: bool,
@@ -174,7 +180,10 @@ impl DomainChanges {
 
     /// Counts one watch event on `path` (other paths are ignored).
     fn note(&mut self, path: &[u8]) {
-        if path == INTRODUCE.as_bytes() {
+        let below_domains = path
+            .strip_prefix(DOMAINS.as_bytes())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"));
+        if path == INTRODUCE.as_bytes() || below_domains {
             self.introduced = true;
         } else if path == RELEASE.as_bytes() {
             self.released = true;
@@ -182,9 +191,11 @@ impl DomainChanges {
     }
 }
 
-/// Xenstore watches on `@introduceDomain` and `@releaseDomain`: a
-/// descriptor ([`AsFd`]) that becomes readable when a domain is created
-/// or destroyed, for an event loop's `poll`; then [`changes`] says which
+/// Xenstore watches on `@introduceDomain`, `@releaseDomain` and
+/// `/local/domain`: a descriptor ([`AsFd`]) that becomes readable when a
+/// domain is created or destroyed (or a domain's keys are written: the
+/// toolstack writes them as it creates a domain, before it builds and
+/// introduces it), for an event loop's `poll`; then [`changes`] says which
 /// (and consumes the events).  xenstored fires each watch once when it is
 /// set, so the first [`changes`] reports both: read the domain list then.
 ///
@@ -208,7 +219,11 @@ impl DomainWatch {
             errno,
         };
         let mut xs = XenStore::open().map_err(os)?;
-        for (path, token) in [(INTRODUCE, c"xme-introduce"), (RELEASE, c"xme-release")] {
+        for (path, token) in [
+            (INTRODUCE, c"xme-introduce"),
+            (RELEASE, c"xme-release"),
+            (DOMAINS, c"xme-domains"),
+        ] {
             let path = std::ffi::CString::new(path).map_err(|_| os(libc::EINVAL))?;
             xs.watch(&path, token).map_err(os)?;
         }
@@ -243,13 +258,19 @@ mod tests {
     fn changes_follow_the_paths() {
         let mut c = DomainChanges::default();
         assert!(!c.any());
-        c.note(b"/local/domain/3/name");
+        c.note(b"/local/domainx/3");
+        c.note(b"/vm/3/name");
         assert!(!c.any(), "other paths are ignored");
         c.note(b"@releaseDomain");
         assert_eq!((c.introduced, c.released), (false, true));
         c.note(b"@introduceDomain");
         assert_eq!((c.introduced, c.released), (true, true));
         assert!(c.any());
+        for path in [&b"/local/domain/7/name"[..], b"/local/domain"] {
+            let mut c = DomainChanges::default();
+            c.note(path);
+            assert_eq!((c.introduced, c.released), (true, false), "{path:?}");
+        }
     }
 
     #[test]
