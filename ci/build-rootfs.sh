@@ -102,7 +102,7 @@ MASK=(serial-getty@hvc0.service getty@tty1.service console-getty.service
       getty-static.service getty.target
       xendomains.service apt-daily.timer apt-daily-upgrade.timer
       dpkg-db-backup.timer e2scrub_all.timer fstrim.timer e2scrub_reap.service
-      systemd-pstore.service)
+      systemd-pstore.service man-db.timer)
 for u in "${MASK[@]}"; do
     ln -sfn /dev/null "$ROOT/etc/systemd/system/$u"
 done
@@ -140,6 +140,29 @@ ln -sfn /etc/systemd/system/xme-tests.service \
     "$ROOT/etc/systemd/system/multi-user.target.wants/xme-tests.service"
 
 # Kernel + initrd for QEMU (dom0) and for the guests (same vmlinuz).
+# The tools: the xen-mem-event package (ci/stage-tools.sh), installed the
+# way an operator does, with man-db for its man pages.  --reinstall: a
+# rebuilt package keeps its version.
+deb=$(ls -1 "$VM"/debs/xen-mem-event_*.deb 2>/dev/null | tail -n 1)
+[ -n "$deb" ] || die "no $VM/debs/xen-mem-event_*.deb: run ci/stage-tools.sh first"
+cp "$deb" "$ROOT/tmp/"
+[ -s "$ROOT/etc/resolv.conf" ] || cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+mount -t proc proc "$ROOT/proc"
+trap 'umount "$ROOT/proc" 2>/dev/null || true' EXIT
+in_root() { chroot "$ROOT" env DEBIAN_FRONTEND=noninteractive "$@"; }
+if ! in_root apt-get install -y -q --reinstall --no-install-recommends \
+        "/tmp/$(basename "$deb")" man-db > "$VM/deb-install.log" 2>&1; then
+    in_root apt-get update -q >> "$VM/deb-install.log" 2>&1
+    in_root apt-get install -y -q --reinstall --no-install-recommends \
+        "/tmp/$(basename "$deb")" man-db >> "$VM/deb-install.log" 2>&1 \
+        || { tail -n 20 "$VM/deb-install.log" >&2; die "apt-get install $(basename "$deb") failed"; }
+fi
+in_root apt-get clean
+umount "$ROOT/proc"
+trap - EXIT
+rm -f "$ROOT/tmp/$(basename "$deb")"
+log "installed $(basename "$deb") and man-db with apt-get"
+
 kver=$(basename "$(ls -1 "$ROOT"/boot/vmlinuz-* | sort -V | tail -n1)")
 kver=${kver#vmlinuz-}
 for f in "vmlinuz-$kver:vmlinuz" "initrd.img-$kver:initrd.img"; do
@@ -170,7 +193,7 @@ rm -f "$IMGROOT/.xme-base"
 # Prune what dom0 never uses (smaller image, faster mkfs).  Only unlinks in
 # the hard-linked copy: the cached rootfs keeps everything.
 kmod=$IMGROOT/usr/lib/modules/$kver/kernel
-rm -rf "$IMGROOT"/usr/share/{doc,man,locale,info} "$IMGROOT/boot/initrd.img-$kver" \
+rm -rf "$IMGROOT"/usr/share/{doc,locale,info} "$IMGROOT/boot/initrd.img-$kver" \
     "$kmod/sound" "$kmod/drivers/"{gpu,media,infiniband,net/wireless,net/ethernet,scsi,staging,iio,usb,bluetooth,isdn,mtd,hwmon,hid,input,platform,mfd,comedi,video,misc,leds,power,thunderbolt,nfc,rtc,spi,i2c,pinctrl,regulator,edac,crypto,firewire,ata,mmc,pcmcia,w1,ntb,fpga,gnss,mailbox,soundwire,watchdog}
 
 used_mb=$(du -sm "$IMGROOT" | cut -f1)
