@@ -150,15 +150,18 @@ cp "$deb" "$ROOT/tmp/"
 mount -t proc proc "$ROOT/proc"
 trap 'umount "$ROOT/proc" 2>/dev/null || true' EXIT
 in_root() { chroot "$ROOT" env DEBIAN_FRONTEND=noninteractive "$@"; }
-if ! in_root apt-get install -y -q --reinstall --no-install-recommends \
-        "/tmp/$(basename "$deb")" man-db > "$VM/deb-install.log" 2>&1; then
+install_tools() {
+    in_root apt-get install -y -q --no-install-recommends man-db &&
+    in_root apt-get install -y -q --reinstall --no-install-recommends "/tmp/$(basename "$deb")"
+}
+if ! install_tools > "$VM/deb-install.log" 2>&1; then
     in_root apt-get update -q >> "$VM/deb-install.log" 2>&1
-    in_root apt-get install -y -q --reinstall --no-install-recommends \
-        "/tmp/$(basename "$deb")" man-db >> "$VM/deb-install.log" 2>&1 \
+    install_tools >> "$VM/deb-install.log" 2>&1 \
         || { tail -n 20 "$VM/deb-install.log" >&2; die "apt-get install $(basename "$deb") failed"; }
 fi
 in_root apt-get clean
-umount "$ROOT/proc"
+# man-db's triggers may still hold it for a moment.
+umount "$ROOT/proc" 2>/dev/null || umount -l "$ROOT/proc"
 trap - EXIT
 rm -f "$ROOT/tmp/$(basename "$deb")"
 log "installed $(basename "$deb") and man-db with apt-get"
