@@ -12,7 +12,10 @@
 #     be identical in the result of the 4.17 series (xen-patches/series,
 #     the committed source of truth; the files are new in both series, so
 #     they are rebuilt from the patches alone) and in build/upstream/xen,
-#     after the normalisations listed in NORMALISE below and nothing else.
+#     after the normalisations listed in NORMALISE below and nothing else;
+#     every patch of the 4.17 series has its counterpart (same subject) in
+#     the upstream series, making the same change unless it is listed in
+#     PORTED_WITH_CHANGES.  XME_SERIES_DIR overrides xen-patches/ (tests).
 #  3. The hypervisor, release and debug (CONFIG_DEBUG, XSM/FLASK), with
 #     CONFIG_MEM_SHARING (hence INTEL_VMX and MEM_EVENT_RING) and
 #     CONFIG_MEM_PAGING, Xen's -Werror on and no warning allowed
@@ -32,7 +35,7 @@ TARBALL=${XEN_UPSTREAM_TARBALL:-$top/../shared/upstream/xen-c447b7308b.tar.xz}
 UP=$top/build/upstream
 TREE=$UP/xen
 SERIES_DIR=$top/xen-patches/upstream
-OLD_SERIES_DIR=$top/xen-patches
+OLD_SERIES_DIR=${XME_SERIES_DIR:-$top/xen-patches}   # the 4.17 series
 JOBS=${JOBS:-2}
 STAMP=$UP/xen.stamp
 
@@ -62,6 +65,18 @@ DRIFT_FILES=(
 #  - tests/mem-event/Makefile: master installs test programs in
 #    $(LIBEXEC)/tests, 4.17 in $(LIBEXEC_BIN), as every test's Makefile of
 #    each tree does.
+# Every patch of the 4.17 series has its counterpart in the upstream series
+# (same subject, so the same file name but for the number), and the
+# counterpart makes the same change (the same added and removed lines),
+# except the patches below, which had to be ported (their shared files are
+# checked above).
+PORTED_WITH_CHANGES=(
+    xen-public-add-per-event-type-memory-event-rings-ABI.patch
+    xen-common-add-the-index-and-record-logic-of-per-typ.patch
+    xen-add-XEN_DOMCTL_mem_event_ring-and-its-ring-frame.patch
+    x86-mem_sharing-raise-OOM-and-handle-invalidation-me.patch
+    tools-add-xc_mem_event_ring_-wrappers-and-a-test-pro.patch
+)
 declare -A NORMALISE=(
     [tools/libs/ctrl/xc_mem_event.c]='s/^    DECLARE_DOMCTL;$/    struct xen_domctl domctl = {};/'
     [tools/tests/mem-event/Makefile]='s#$(LIBEXEC_BIN)#$(LIBEXEC)/tests#g'
@@ -151,8 +166,35 @@ if [ $drift -ne 0 ]; then
          "change both series together (allowed differences: NORMALISE in scripts/upstream-check.sh)" >&2
     exit 1
 fi
+changes() {    # the lines a patch adds and removes, in order
+    sed -n '/^diff --git /,$p' "$1" | grep -E '^[-+]' | grep -vE '^(\+\+\+|---) '
+}
+for p in "${old_patches[@]}"; do
+    name=$(basename "$p"); slug=${name#[0-9][0-9][0-9][0-9]-}
+    q=
+    for u in "${patches[@]}"; do
+        [ "${u##*/[0-9][0-9][0-9][0-9]-}" = "$slug" ] && q=$u
+    done
+    if [ -z "$q" ]; then
+        echo "upstream-check: DRIFT: $name of xen-patches/series has no counterpart in xen-patches/upstream/series: port it" >&2
+        drift=1
+        continue
+    fi
+    [[ " ${PORTED_WITH_CHANGES[*]} " == *" $slug "* ]] && continue
+    if ! diff -u --label "$name (4.17 series)" --label "$(basename "$q") (upstream series)" \
+            <(changes "$p") <(changes "$q") > "$UP/drift.diff"; then
+        echo "upstream-check: DRIFT: $name does not make the same change in both series:" >&2
+        head -40 "$UP/drift.diff" | sed 's/^/  /' >&2
+        drift=1
+    fi
+done
+if [ $drift -ne 0 ]; then
+    echo "upstream-check: port the change to xen-patches/upstream/ (or, for a patch that had to" \
+         "be adapted to master, list it in PORTED_WITH_CHANGES in scripts/upstream-check.sh)" >&2
+    exit 1
+fi
 rm -f "$UP/drift.diff"
-step "no drift: ${#DRIFT_FILES[@]} shared files identical in both series"
+step "no drift: ${#DRIFT_FILES[@]} shared files identical in both series, ${#old_patches[@]} patches ported"
 
 # --- 3. the hypervisor ----------------------------------------------------------
 for flavour in release debug; do
