@@ -148,18 +148,21 @@ for p in "${old_patches[@]}"; do
         || { echo "upstream-check: cannot rebuild the shared files from $(basename "$p")" >&2; exit 1; }
 done
 drift=0
+compare() {    # compare WHAT LABEL_A LABEL_B A B: diff A B, report a drift
+    diff -u --label "$2" --label "$3" "$4" "$5" > "$UP/drift.diff" && return 0
+    echo "upstream-check: DRIFT: $1:" >&2
+    head -40 "$UP/drift.diff" | sed 's/^/  /' >&2
+    drift=1
+}
 for f in "${DRIFT_FILES[@]}"; do
     if [ ! -f "$old/$f" ] || [ ! -f "$TREE/$f" ]; then
         echo "upstream-check: DRIFT: $f is in $( [ -f "$old/$f" ] && echo "the 4.17 series only" || echo "the upstream series only")" >&2
         drift=1
         continue
     fi
-    if ! diff -u --label "$f (4.17 series: xen-patches/)" --label "$f (upstream series: xen-patches/upstream/)" \
-            <(sed -e "${NORMALISE[$f]:-}" "$old/$f") "$TREE/$f" > "$UP/drift.diff"; then
-        echo "upstream-check: DRIFT: $f differs between the 4.17 series and the upstream series:" >&2
-        head -40 "$UP/drift.diff" | sed 's/^/  /' >&2
-        drift=1
-    fi
+    compare "$f differs between the 4.17 series and the upstream series" \
+        "$f (4.17 series: xen-patches/)" "$f (upstream series: xen-patches/upstream/)" \
+        <(sed -e "${NORMALISE[$f]:-}" "$old/$f") "$TREE/$f"
 done
 if [ $drift -ne 0 ]; then
     echo "upstream-check: shared files must stay identical in xen-patches/ and xen-patches/upstream/;" \
@@ -181,12 +184,8 @@ for p in "${old_patches[@]}"; do
         continue
     fi
     [[ " ${PORTED_WITH_CHANGES[*]} " == *" $slug "* ]] && continue
-    if ! diff -u --label "$name (4.17 series)" --label "$(basename "$q") (upstream series)" \
-            <(changes "$p") <(changes "$q") > "$UP/drift.diff"; then
-        echo "upstream-check: DRIFT: $name does not make the same change in both series:" >&2
-        head -40 "$UP/drift.diff" | sed 's/^/  /' >&2
-        drift=1
-    fi
+    compare "$name does not make the same change in both series" \
+        "$name (4.17 series)" "$(basename "$q") (upstream series)" <(changes "$p") <(changes "$q")
 done
 if [ $drift -ne 0 ]; then
     echo "upstream-check: port the change to xen-patches/upstream/ (or, for a patch that had to" \
