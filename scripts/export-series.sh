@@ -6,7 +6,7 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 TREE=${XEN_TREE:-$top/build/xen}
 OUT=$top/xen-patches
-find "$OUT" -name '0[0-9][0-9][0-9]-*.patch' ! -name '0000-cover-letter.patch' -delete
+find "$OUT" -maxdepth 1 -name '0[0-9][0-9][0-9]-*.patch' ! -name '0000-cover-letter.patch' -delete
 git -C "$TREE" format-patch -q --no-signature --zero-commit -o "$OUT" pristine..HEAD
 {
     echo "# Applied in order with 'git am' by scripts/xen-src.sh."

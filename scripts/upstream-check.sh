@@ -59,9 +59,6 @@ DRIFT_FILES=(
 # The only differences allowed: a sed expression applied to the 4.17
 # version of a file before it is compared with the upstream one.  Each is
 # a convention of the tree, not a change of the code:
-#  - xc_mem_event.c: DECLARE_DOMCTL is gone from master's libxenctrl
-#    (domctl buffers are 'struct xen_domctl domctl = {};' there, which
-#    4.17 accepts too: with that change in the 4.17 series this entry goes);
 #  - tests/mem-event/Makefile: master installs test programs in
 #    $(LIBEXEC)/tests, 4.17 in $(LIBEXEC_BIN), as every test's Makefile of
 #    each tree does.
@@ -78,7 +75,6 @@ PORTED_WITH_CHANGES=(
     tools-add-xc_mem_event_ring_-wrappers-and-a-test-pro.patch
 )
 declare -A NORMALISE=(
-    [tools/libs/ctrl/xc_mem_event.c]='s/^    DECLARE_DOMCTL;$/    struct xen_domctl domctl = {};/'
     [tools/tests/mem-event/Makefile]='s#$(LIBEXEC_BIN)#$(LIBEXEC)/tests#g'
 )
 
