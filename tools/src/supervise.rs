@@ -7,7 +7,8 @@
 //! by itself (its ring is flagged DETACHED) and exits 0, and the others
 //! keep running.  A child that fails while its domain exists (its ring is
 //! another consumer's, say) is reported once and not started again until
-//! that domain goes.  Ctrl-C (SIGINT or SIGTERM) is passed on to every
+//! that domain goes; one that dies of a signal is started again (a few
+//! times) and takes the ring over.  Ctrl-C (SIGINT or SIGTERM) is passed on to every
 //! child, whose clean detach is waited for.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -113,7 +114,7 @@ pub fn follow_parent() -> bool {
     parent == want
 }
 
-/// Counts for the last line.
+/// Counts for the last line (`started` counts restarts too).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SuperSummary {
     /// Children started.
@@ -136,6 +137,7 @@ pub fn run<D: DomainSource, S: Spawn, W: Write>(
         what,
         children: BTreeMap::new(),
         refused: BTreeSet::new(),
+        respawns: BTreeMap::new(),
         sum: SuperSummary::default(),
     };
     out.note(&format!(
@@ -156,10 +158,14 @@ pub fn run<D: DomainSource, S: Spawn, W: Write>(
     Ok(s)
 }
 
+/// How many times a domain's consumer is started again after dying.
+pub const MAX_RESPAWNS: u32 = 3;
+
 struct Supervisor<'a> {
     what: &'a str,
     children: BTreeMap<u16, Child>,
     refused: BTreeSet<u16>,
+    respawns: BTreeMap<u16, u32>,
     sum: SuperSummary,
 }
 
@@ -179,7 +185,7 @@ impl Supervisor<'_> {
                     Err(e) => log::warn!("reading the domain list: {e}"),
                 }
             }
-            self.reap(domains, out)?;
+            let respawn = self.reap(domains, out)?;
             // Readable watch, a signal, or 200 ms (children's exits are
             // looked for then).
             let mut fds = [rustix::event::PollFd::from_borrowed_fd(
@@ -194,10 +200,11 @@ impl Supervisor<'_> {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(ToolError::Io(e.into())),
             }
-            changed = domains.domains_changed().unwrap_or_else(|e| {
-                log::warn!("xenstore watch: {e}");
-                true
-            });
+            changed = respawn
+                || domains.domains_changed().unwrap_or_else(|e| {
+                    log::warn!("xenstore watch: {e}");
+                    true
+                });
         }
         Ok(())
     }
@@ -239,11 +246,16 @@ impl Supervisor<'_> {
     }
 
     /// Collects the children that exited.
+    /// A child killed by a signal (it died: it did not exit) while its
+    /// domain lives is started again, [`MAX_RESPAWNS`] times at most per
+    /// domain: Xen hands the ring of a consumer whose event channel closed
+    /// to the next registration, releasing the vCPUs it paused.  Returns
+    /// whether one is to be started again.
     fn reap<D: DomainSource, W: Write>(
         &mut self,
         domains: &mut D,
         out: &mut Out<W>,
-    ) -> Result<(), ToolError> {
+    ) -> Result<bool, ToolError> {
         let mut ended: Vec<(u16, ExitStatus)> = Vec::new();
         for (&domid, child) in &mut self.children {
             if let Ok(Some(status)) = child.try_wait() {
@@ -251,15 +263,29 @@ impl Supervisor<'_> {
             }
         }
         if ended.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
+        let mut respawn = false;
         let live: BTreeSet<u16> = domains
             .domains()
             .map(|l| l.iter().map(|s| s.domid).collect())
             .unwrap_or_default();
         for (domid, status) in ended {
             self.children.remove(&domid);
-            if live.contains(&domid) {
+            let killed = status.code().is_none();
+            let respawns = self.respawns.entry(domid).or_insert(0);
+            if live.contains(&domid) && killed && *respawns < MAX_RESPAWNS {
+                *respawns += 1;
+                respawn = true;
+                out.emit(
+                    &format!(
+                        "d{domid}: {} died ({status}); starting it again, it takes the ring over",
+                        self.what
+                    ),
+                    json!({"kind": "died", "domid": domid, "consumer": self.what,
+                        "status": status.code()}),
+                )?;
+            } else if live.contains(&domid) {
                 // Not started again while this domain exists.
                 self.refused.insert(domid);
                 self.sum.refused += 1;
@@ -281,7 +307,8 @@ impl Supervisor<'_> {
                 )?;
             }
         }
-        Ok(())
+        self.respawns.retain(|d, _| live.contains(d));
+        Ok(respawn)
     }
 
     /// SIGTERM to every child (a clean detach each), then waits for them.

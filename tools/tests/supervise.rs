@@ -120,6 +120,13 @@ impl Shared {
     }
 }
 
+/// SIGKILL to the child a "started" line names.
+fn kill(started: &Value) {
+    let pid = i32::try_from(started["pid"].as_u64().unwrap()).unwrap();
+    let pid = rustix::process::Pid::from_raw(pid).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+}
+
 fn is(kind: &'static str, domid: u64) -> impl Fn(&Value) -> bool {
     move |v| v["kind"] == kind && v["domid"] == domid
 }
@@ -140,10 +147,15 @@ fn a_child_per_hvm_domain_as_they_come_and_go() {
     // A domain that appears gets its consumer; a PV one never does.
     fake.set(3, Some(true));
     out.wait_for("d3 started", is("started", 3));
+    // Domain 1's consumer is killed while the domain lives: started again.
+    kill(&d1);
+    out.wait_for("d1 died", is("died", 1));
+    let d1 = out.wait_for("d1 started again", |v| {
+        is("started", 1)(v) && v["pid"] != d1["pid"]
+    });
     // Domain 1 is destroyed: its consumer detaches by itself (here: dies).
     fake.set(1, None);
-    let pid = rustix::process::Pid::from_raw(i32::try_from(d1["pid"].as_u64().unwrap()).unwrap());
-    rustix::process::kill_process(pid.unwrap(), rustix::process::Signal::TERM).unwrap();
+    kill(&d1);
     let gone = out.wait_for("d1 exited", is("exited", 1));
     assert_eq!(gone["domain_alive"], false, "{gone}");
     // A consumer that fails while its domain lives is not restarted.
@@ -158,7 +170,7 @@ fn a_child_per_hvm_domain_as_they_come_and_go() {
     assert_eq!(out.count("started", 4), 1, "d4 started again");
     stop.request();
     let s = handle.join().unwrap().unwrap();
-    assert_eq!((s.started, s.detached, s.refused), (4, 1, 1));
+    assert_eq!((s.started, s.detached, s.refused), (5, 1, 1));
     assert_eq!(out.count("started", 2), 0, "a PV domain got a consumer");
     for d in [3, 5] {
         assert_eq!(out.count("stopped", d), 1, "d{d} not stopped");
