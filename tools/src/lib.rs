@@ -1,6 +1,7 @@
 //! The command-line consumers of xen-mem-event, as a library so that their
 //! event loops can be tested in-process against the harness.
 
+pub mod admin;
 pub mod cli;
 pub mod detach;
 pub mod domains;

@@ -7,11 +7,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
 use xen_mem_event::domain::{DomainWatch, Domains};
 use xen_mem_event::{
     AsyncRing, Backend, Error, EventType, RegisterParams, Ring, SyncRing, Teardown, XenBackend,
 };
+use xen_mem_event_tools::admin::AdminEvent;
 use xen_mem_event_tools::cli::{self, Cli, Cmd, FailureArg, PagerArgs, WatchArgs};
 use xen_mem_event_tools::domains::XenDomains;
 use xen_mem_event_tools::output::{Format, Out};
@@ -77,15 +77,14 @@ fn try_main(cli: Cli) -> Result<(), ToolError> {
             // Leave it registered.  Our event channel closes when we exit,
             // so the next registration takes the ring over by itself.
             std::mem::forget(ring);
-            out.emit(
-                &format!(
-                    "d{domid} {ty}: registered, port {} frames {} slots {} token {}",
-                    reg.port, reg.nr_frames, reg.nr_slots, reg.token
-                ),
-                json!({"kind": "registered", "domid": domid, "type": ty.to_string(),
-                    "port": reg.port,
-                       "frames": reg.nr_frames, "slots": reg.nr_slots, "token": reg.token.get()}),
-            )?;
+            out.event(&AdminEvent::Registered {
+                domid,
+                ty,
+                port: reg.port,
+                frames: reg.nr_frames,
+                slots: reg.nr_slots,
+                token: reg.token.get(),
+            })?;
             Ok(())
         }
         Cmd::Unregister { target, token } => {
@@ -112,14 +111,11 @@ fn try_main(cli: Cli) -> Result<(), ToolError> {
                 }
             };
             xen.unregister(domid, ty, token)?;
-            out.emit(
-                &format!(
-                    "d{domid} {ty}: unregistered{}",
-                    if took_over { " (taken over first)" } else { "" }
-                ),
-                json!({"kind": "unregistered", "domid": domid, "type": ty.to_string(),
-                    "took_over": took_over}),
-            )?;
+            out.event(&AdminEvent::Unregistered {
+                domid,
+                ty,
+                took_over,
+            })?;
             Ok(())
         }
     }
@@ -143,7 +139,7 @@ fn cmd_status<W: io::Write>(domain: Option<&str>, out: &mut Out<W>) -> Result<()
         Format::Human => out.note(status::table(&rows).trim_end())?,
         Format::Json => {
             for r in &rows {
-                out.emit("", status::json(r))?;
+                out.record(&status::RingRow::from(r))?;
             }
         }
     }
@@ -287,23 +283,17 @@ fn cmd_watch<W: io::Write>(a: WatchArgs, out: &mut Out<W>) -> Result<(), ToolErr
     let teardown = ring.close();
     let why = ended.as_str();
     let (produced, lost_xen) = info.map_or((0, 0), |i| (i.produced, i.lost));
-    out.emit(
-        &format!(
-            "d{domid} watcher {why}: {} records in {} batches (largest {}), {} lost, {} handles \
-                gone; Xen: {} produced, {} lost",
-            s.records,
-            s.batches,
-            s.max_batch,
-            s.lost,
-            s.handles_gone.len(),
-            produced,
-            lost_xen
-        ),
-        json!({"kind": "summary", "domid": domid, "ended": why, "records": s.records,
-            "batches": s.batches,
-               "max_batch": s.max_batch, "lost": s.lost, "handles_gone": s.handles_gone.len(),
-               "xen_produced": produced, "xen_lost": lost_xen}),
-    )?;
+    out.event(&watch::WatchEvent::Summary {
+        domid,
+        ended: why,
+        records: s.records,
+        batches: s.batches,
+        max_batch: s.max_batch,
+        lost: s.lost,
+        handles_gone: s.handles_gone.len(),
+        xen_produced: produced,
+        xen_lost: lost_xen,
+    })?;
     if let watch::Ended::Detached(d) = ended {
         return Err(ToolError::Other(d.to_string()));
     }

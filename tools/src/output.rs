@@ -5,7 +5,6 @@ use std::io::{self, Write};
 use std::fmt::Display;
 
 use serde::Serialize;
-use serde_json::Value;
 
 /// How a tool prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,16 +33,6 @@ impl<W: Write> Out<W> {
         self.format
     }
 
-    /// One event: `human` for people, `json` (an object with a `"kind"`
-    /// field) for machines.
-    pub fn emit(&mut self, human: &str, json: Value) -> io::Result<()> {
-        match self.format {
-            Format::Human => writeln!(self.w, "{human}")?,
-            Format::Json => writeln!(self.w, "{json}")?,
-        }
-        self.w.flush()
-    }
-
     /// One event modelled once: its `Display` for people, its serde form
     /// (an object with a `"kind"` tag) for machines.
     pub fn event<E: Serialize + Display>(&mut self, e: &E) -> io::Result<()> {
@@ -55,6 +44,17 @@ impl<W: Write> Out<W> {
             }
         }
         self.w.flush()
+    }
+
+    /// A record only machines get (people get it in a table printed with
+    /// [`Out::note`]).
+    pub fn record<E: Serialize>(&mut self, e: &E) -> io::Result<()> {
+        if self.format == Format::Json {
+            serde_json::to_writer(&mut self.w, e)?;
+            writeln!(self.w)?;
+            self.w.flush()?;
+        }
+        Ok(())
     }
 
     /// Text only shown to people (headers, notes).

@@ -1,6 +1,6 @@
 //! `status`: the rings registered for domains.
 
-use serde_json::{json, Value};
+use serde::Serialize;
 use xen_mem_event::{Backend, Error, EventType, RingInfo};
 
 /// One ring of one domain.
@@ -86,16 +86,51 @@ pub fn table(rows: &[Row]) -> String {
     crate::output::table(&header, &body)
 }
 
-/// One row as JSON.
-pub fn json(r: &Row) -> Value {
-    json!({
-        "kind": "ring", "domid": r.domid, "type": r.ty.to_string(), "consumer": r.info.consumer,
-        "frames": r.info.nr_frames, "slots": r.info.nr_slots, "batch": r.info.batch,
-        "port": r.info.port,
-        "produced": r.info.produced, "consumed": r.info.consumed, "lost": r.info.lost,
-        "bad_responses": r.info.bad_responses, "notifications": r.info.notifications,
-        "paused_vcpus": r.info.paused_vcpus, "parked_vcpus": r.info.parked_vcpus,
-        "connected": r.info.state.connected(),
-        "broken": r.info.state.broken(), "consumer_gone": r.info.state.consumer_gone(),
-    })
+/// One ring as `status --json` reports it (the human form is [`table`]).
+#[derive(Debug, Serialize)]
+#[serde(tag = "kind", rename = "ring")]
+pub struct RingRow {
+    domid: u16,
+    #[serde(rename = "type")]
+    ty: String,
+    consumer: u16,
+    frames: u32,
+    slots: u32,
+    batch: u32,
+    port: u32,
+    produced: u64,
+    consumed: u64,
+    lost: u64,
+    bad_responses: u64,
+    notifications: u64,
+    paused_vcpus: u32,
+    parked_vcpus: u32,
+    connected: bool,
+    broken: bool,
+    consumer_gone: bool,
+}
+
+impl From<&Row> for RingRow {
+    fn from(r: &Row) -> Self {
+        let i = &r.info;
+        RingRow {
+            domid: r.domid,
+            ty: r.ty.to_string(),
+            consumer: i.consumer,
+            frames: i.nr_frames,
+            slots: i.nr_slots,
+            batch: i.batch,
+            port: i.port,
+            produced: i.produced,
+            consumed: i.consumed,
+            lost: i.lost,
+            bad_responses: i.bad_responses,
+            notifications: i.notifications,
+            paused_vcpus: i.paused_vcpus,
+            parked_vcpus: i.parked_vcpus,
+            connected: i.state.connected(),
+            broken: i.state.broken(),
+            consumer_gone: i.state.consumer_gone(),
+        }
+    }
 }

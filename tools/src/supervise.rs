@@ -13,10 +13,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
+use std::fmt;
 use std::io::Write;
 use std::process::{Child, Command, ExitStatus};
 
-use serde_json::json;
+use serde::Serialize;
 
 use crate::domains::{DomainSource, DomainState};
 use crate::output::Out;
@@ -147,15 +148,147 @@ pub fn run<D: DomainSource, S: Spawn, W: Write>(
     sv.stop_children(out)?;
     served?;
     let s = sv.sum;
-    out.emit(
-        &format!(
-            "{what} --all stopped: {} started, {} detached with their domain, {} failed",
-            s.started, s.detached, s.refused
-        ),
-        json!({"kind": "supervisor_summary", "consumer": what, "started": s.started,
-            "detached": s.detached, "failed": s.refused}),
-    )?;
+    out.event(&SuperEvent::SupervisorSummary {
+        consumer: what,
+        started: s.started,
+        detached: s.detached,
+        failed: s.refused,
+    })?;
     Ok(s)
+}
+
+/// What the supervisor reports about its consumers.
+#[derive(Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SuperEvent<'a> {
+    /// A consumer was started for a domain.
+    Started {
+        /// The domain.
+        domid: u16,
+        /// `pager` or `watch`.
+        consumer: &'a str,
+        /// Its process.
+        pid: u32,
+    },
+    /// A consumer could not be started.
+    Failed {
+        /// The domain.
+        domid: u16,
+        /// `pager` or `watch`.
+        consumer: &'a str,
+        /// Why.
+        error: String,
+    },
+    /// A consumer was killed by a signal while its domain lives: it is
+    /// started again and takes the ring over.
+    Died {
+        /// The domain.
+        domid: u16,
+        /// `pager` or `watch`.
+        consumer: &'a str,
+        /// How it ended (`status`: its exit code, null for a signal).
+        #[serde(serialize_with = "exit_code")]
+        status: ExitStatus,
+    },
+    /// A consumer exited: with its domain (detached), or while the domain
+    /// lives (not started again until it is destroyed).
+    Exited {
+        /// The domain.
+        domid: u16,
+        /// `pager` or `watch`.
+        consumer: &'a str,
+        /// How it ended.
+        #[serde(serialize_with = "exit_code")]
+        status: ExitStatus,
+        /// Whether its domain still exists.
+        domain_alive: bool,
+    },
+    /// A consumer stopped by the supervisor (Ctrl-C).
+    Stopped {
+        /// The domain.
+        domid: u16,
+        /// `pager` or `watch`.
+        consumer: &'a str,
+        /// How it ended.
+        #[serde(serialize_with = "exit_code")]
+        status: ExitStatus,
+    },
+    /// The supervisor's last line.
+    SupervisorSummary {
+        /// `pager` or `watch`.
+        consumer: &'a str,
+        /// Consumers started.
+        started: u64,
+        /// Consumers that detached with their domain.
+        detached: u64,
+        /// Consumers that could not start or exited while their domain lived.
+        failed: u64,
+    },
+}
+
+fn exit_code<S: serde::Serializer>(st: &ExitStatus, s: S) -> Result<S::Ok, S::Error> {
+    st.code().serialize(s)
+}
+
+impl fmt::Display for SuperEvent<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SuperEvent::Started {
+                domid,
+                consumer,
+                pid,
+            } => {
+                write!(f, "d{domid}: {consumer} started (pid {pid})")
+            }
+            SuperEvent::Failed {
+                domid,
+                consumer,
+                error,
+            } => {
+                write!(f, "d{domid}: cannot start a {consumer}: {error}")
+            }
+            SuperEvent::Died {
+                domid,
+                consumer,
+                status,
+            } => write!(
+                f,
+                "d{domid}: {consumer} died ({status}); starting it again, it takes the ring over"
+            ),
+            SuperEvent::Exited {
+                domid,
+                consumer,
+                status,
+                domain_alive: true,
+            } => write!(
+                f,
+                "d{domid}: {consumer} exited ({status}) while the domain exists; not restarted \
+                 until it is destroyed"
+            ),
+            SuperEvent::Exited {
+                domid, consumer, ..
+            } => {
+                write!(f, "d{domid}: {consumer} detached, domain destroyed")
+            }
+            SuperEvent::Stopped {
+                domid,
+                consumer,
+                status,
+            } => {
+                write!(f, "d{domid}: {consumer} stopped ({status})")
+            }
+            SuperEvent::SupervisorSummary {
+                consumer,
+                started,
+                detached,
+                failed,
+            } => write!(
+                f,
+                "{consumer} --all stopped: {started} started, {detached} detached with their \
+                 domain, {failed} failed"
+            ),
+        }
+    }
 }
 
 /// How many times a domain's consumer is started again after dying.
@@ -224,21 +357,21 @@ impl Supervisor<'_> {
             match spawner.spawn(domid) {
                 Ok(child) => {
                     self.sum.started += 1;
-                    out.emit(
-                        &format!("d{domid}: {} started (pid {})", self.what, child.id()),
-                        json!({"kind": "started", "domid": domid, "consumer": self.what,
-                            "pid": child.id()}),
-                    )?;
+                    out.event(&SuperEvent::Started {
+                        domid,
+                        consumer: self.what,
+                        pid: child.id(),
+                    })?;
                     self.children.insert(domid, child);
                 }
                 Err(e) => {
                     self.refused.insert(domid);
                     self.sum.refused += 1;
-                    out.emit(
-                        &format!("d{domid}: cannot start a {}: {e}", self.what),
-                        json!({"kind": "failed", "domid": domid, "consumer": self.what,
-                            "error": e.to_string()}),
-                    )?;
+                    out.event(&SuperEvent::Failed {
+                        domid,
+                        consumer: self.what,
+                        error: e.to_string(),
+                    })?;
                 }
             }
         }
@@ -277,34 +410,29 @@ impl Supervisor<'_> {
             if live.contains(&domid) && killed && *respawns < MAX_RESPAWNS {
                 *respawns += 1;
                 respawn = true;
-                out.emit(
-                    &format!(
-                        "d{domid}: {} died ({status}); starting it again, it takes the ring over",
-                        self.what
-                    ),
-                    json!({"kind": "died", "domid": domid, "consumer": self.what,
-                        "status": status.code()}),
-                )?;
+                out.event(&SuperEvent::Died {
+                    domid,
+                    consumer: self.what,
+                    status,
+                })?;
             } else if live.contains(&domid) {
                 // Not started again while this domain exists.
                 self.refused.insert(domid);
                 self.sum.refused += 1;
-                out.emit(
-                    &format!(
-                        "d{domid}: {} exited ({status}) while the domain exists; not restarted \
-                            until it is destroyed",
-                        self.what
-                    ),
-                    json!({"kind": "exited", "domid": domid, "consumer": self.what,
-                        "status": status.code(), "domain_alive": true}),
-                )?;
+                out.event(&SuperEvent::Exited {
+                    domid,
+                    consumer: self.what,
+                    status,
+                    domain_alive: true,
+                })?;
             } else {
                 self.sum.detached += 1;
-                out.emit(
-                    &format!("d{domid}: {} detached, domain destroyed", self.what),
-                    json!({"kind": "exited", "domid": domid, "consumer": self.what,
-                        "status": status.code(), "domain_alive": false}),
-                )?;
+                out.event(&SuperEvent::Exited {
+                    domid,
+                    consumer: self.what,
+                    status,
+                    domain_alive: false,
+                })?;
             }
         }
         self.respawns.retain(|d, _| live.contains(d));
@@ -323,11 +451,11 @@ impl Supervisor<'_> {
         }
         for (domid, mut child) in std::mem::take(&mut self.children) {
             let status = child.wait()?;
-            out.emit(
-                &format!("d{domid}: {} stopped ({status})", self.what),
-                json!({"kind": "stopped", "domid": domid, "consumer": self.what,
-                    "status": status.code()}),
-            )?;
+            out.event(&SuperEvent::Stopped {
+                domid,
+                consumer: self.what,
+                status,
+            })?;
         }
         Ok(())
     }
@@ -339,6 +467,34 @@ mod tests {
 
     fn os(v: &[&str]) -> Vec<OsString> {
         v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn events_exit_status_as_code_and_text() -> Result<(), serde_json::Error> {
+        use std::os::unix::process::ExitStatusExt;
+        let gone = SuperEvent::Exited {
+            domid: 3,
+            consumer: "watch",
+            status: ExitStatus::from_raw(0),
+            domain_alive: false,
+        };
+        assert_eq!(
+            serde_json::to_string(&gone)?,
+            r#"{"kind":"exited","domid":3,"consumer":"watch","status":0,"domain_alive":false}"#
+        );
+        assert_eq!(gone.to_string(), "d3: watch detached, domain destroyed");
+        let killed = SuperEvent::Died {
+            domid: 3,
+            consumer: "pager",
+            status: ExitStatus::from_raw(9),
+        };
+        let j = serde_json::to_value(&killed)?;
+        assert_eq!(
+            (j["kind"].as_str(), j["status"].is_null()),
+            (Some("died"), true)
+        );
+        assert!(killed.to_string().starts_with("d3: pager died (signal: 9"));
+        Ok(())
     }
 
     #[test]

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use serde_json::json;
 use xen_mem_event::{AsyncRing, Backend, Error, InvalidateReason, InvalidateRecord};
 
 use crate::detach::{self, Detached};
@@ -104,6 +103,98 @@ pub struct Summary {
     pub entries: u64,
 }
 
+/// What the watcher reports besides the records themselves.
+#[derive(Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WatchEvent {
+    /// Records were lost (Xen's counter grew): resynchronise.
+    Lost {
+        /// Lost in this batch.
+        count: u64,
+        /// Lost while attached.
+        total: u64,
+    },
+    /// The status line, every `--interval`.
+    Interval {
+        /// Seconds the interval lasted.
+        secs: f64,
+        /// Records in the interval.
+        records: u64,
+        /// Records per second.
+        rate: f64,
+        /// Non-empty batches in the interval.
+        batches: u64,
+        /// Records per batch.
+        avg_batch: f64,
+        /// Records lost in the interval.
+        lost: u64,
+        /// Handles seen gone while attached.
+        handles_gone: usize,
+        /// Records while attached.
+        total_records: u64,
+        /// Records lost while attached.
+        total_lost: u64,
+    },
+    /// The last line: why the watcher ended and its totals.
+    Summary {
+        /// The domain.
+        domid: u16,
+        /// Why it ended (`stopped`, `domain destroyed`, ...).
+        ended: &'static str,
+        /// Records consumed.
+        records: u64,
+        /// Non-empty batches.
+        batches: u64,
+        /// Largest batch.
+        max_batch: usize,
+        /// Records lost while attached.
+        lost: u64,
+        /// Handles seen gone.
+        handles_gone: usize,
+        /// Xen's produced counter at the end (0 once detached).
+        xen_produced: u64,
+        /// Xen's lost counter at the end (0 once detached).
+        xen_lost: u64,
+    },
+}
+
+impl fmt::Display for WatchEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WatchEvent::Lost { count, .. } => write!(f, "{count} record(s) lost: resynchronise"),
+            WatchEvent::Interval {
+                records,
+                rate,
+                batches,
+                avg_batch,
+                lost,
+                handles_gone,
+                ..
+            } => write!(
+                f,
+                "{records:>8} records {rate:>10.0}/s  {batches:>6} batches (avg {avg_batch:.1})  \
+                 lost {lost:>6} since last line  handles gone {handles_gone}"
+            ),
+            WatchEvent::Summary {
+                domid,
+                ended,
+                records,
+                batches,
+                max_batch,
+                lost,
+                handles_gone,
+                xen_produced,
+                xen_lost,
+            } => write!(
+                f,
+                "d{domid} watcher {ended}: {records} records in {batches} batches (largest \
+                 {max_batch}), {lost} lost, {handles_gone} handles gone; Xen: {xen_produced} \
+                 produced, {xen_lost} lost"
+            ),
+        }
+    }
+}
+
 /// Consume `ring` until stopped.
 pub fn run<B: Backend, W: Write>(
     ring: &mut AsyncRing<B>,
@@ -172,10 +263,10 @@ fn serve<B: Backend, W: Write>(
         sum.lost += lost;
         interval.lost += lost;
         if lost > 0 && opts.records {
-            out.emit(
-                &format!("{lost} record(s) lost: resynchronise"),
-                json!({"kind": "lost", "count": lost, "total": sum.lost}),
-            )?;
+            out.event(&WatchEvent::Lost {
+                count: lost,
+                total: sum.lost,
+            })?;
         }
         if !got.is_empty() {
             last_record = Instant::now();
@@ -335,22 +426,17 @@ impl Interval {
         } else {
             self.records as f64 / self.batches as f64
         };
-        out.emit(
-            &format!(
-                "{:>8} records {:>10.0}/s  {:>6} batches (avg {:.1})  lost {:>6} since last \
-                    line  handles gone {}",
-                self.records,
-                rate,
-                self.batches,
-                avg,
-                self.lost,
-                sum.handles_gone.len()
-            ),
-            json!({"kind": "interval", "secs": secs, "records": self.records, "rate": rate,
-                   "batches": self.batches, "avg_batch": avg, "lost": self.lost,
-                   "handles_gone": sum.handles_gone.len(), "total_records": sum.records,
-                       "total_lost": sum.lost}),
-        )?;
+        out.event(&WatchEvent::Interval {
+            secs,
+            records: self.records,
+            rate,
+            batches: self.batches,
+            avg_batch: avg,
+            lost: self.lost,
+            handles_gone: sum.handles_gone.len(),
+            total_records: sum.records,
+            total_lost: sum.lost,
+        })?;
         Ok(())
     }
 }

@@ -401,7 +401,7 @@ fn status_rows_and_json() {
     let table = status::table(&rows);
     assert!(table.starts_with("DOMID"));
     assert!(table.contains("SHARING_OOM") && table.contains("SHARING_INVALIDATE"));
-    let j = status::json(&rows[1]);
+    let j = serde_json::to_value(status::RingRow::from(&rows[1])).unwrap();
     assert_eq!(j["kind"], "ring");
     assert_eq!(j["type"], "SHARING_INVALIDATE");
     assert_eq!(
