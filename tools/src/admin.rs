@@ -84,7 +84,10 @@ mod tests {
         };
         assert_eq!(
             serde_json::to_string(&e)?,
-            r#"{"kind":"registered","domid":7,"type":"SHARING_INVALIDATE","port":9,"frames":2,"slots":128,"token":30}"#
+            concat!(
+                r#"{"kind":"registered","domid":7,"type":"SHARING_INVALIDATE","#,
+                r#""port":9,"frames":2,"slots":128,"token":30}"#
+            )
         );
         assert_eq!(
             e.to_string(),
