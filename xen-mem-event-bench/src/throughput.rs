@@ -19,7 +19,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use xen_mem_event::{AsyncRing, EventType};
+use xen_mem_event::{AsyncRing, EventType, Spin};
 use xen_mem_event_harness::{AsyncRec, Doorbell, HarnessBackend};
 
 use crate::util::{
@@ -83,7 +83,7 @@ impl Tp {
 pub fn async_lossless(
     frames: u32,
     batch: u32,
-    spin: Duration,
+    spin: Spin,
     post: u32,
     run: Duration,
     checks: &mut Checks,
@@ -95,7 +95,7 @@ pub fn async_lossless(
         .frames(frames)
         .batch(batch)
         .register()?;
-    ring.set_spin(spin);
+    ring.set_spin_policy(spin);
     let hv = xen
         .ring(DOM, EventType::SharingInvalidate)
         .ok_or("harness: the ring just registered is missing")?;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use xen_mem_event::{AsyncRing, Backend, Error, EventType, SyncRing};
+use xen_mem_event::{AsyncRing, Backend, Error, EventType, Spin, SyncRing};
 use xen_mem_event_harness::{HarnessBackend, HarnessRing};
 
 const DOM: u16 = 5;
@@ -260,6 +260,58 @@ fn a_busy_consumer_is_not_kicked_and_does_not_rearm() {
     assert_eq!(hv.producer_kicks(), 2, "one kick for the full batch");
     assert!(ring.wait(Some(Duration::from_secs(5))).unwrap());
     assert_eq!(ring.batch().unwrap().count(), 4);
+}
+
+/// Posts one record `after` from now, on another thread.
+fn post_later(hv: &Arc<HarnessRing>, handle: u64, after: Duration) -> thread::JoinHandle<()> {
+    let hv = Arc::clone(hv);
+    thread::spawn(move || {
+        thread::sleep(after);
+        hv.put_invalidate(handle, handle, DOM, 2, 0);
+    })
+}
+
+/// The default polling (`Spin::Adaptive`): an awake consumer polls for the
+/// next record instead of arming and sleeping (no kick), stops polling
+/// once a poll found nothing (the next record costs a kick), and polls
+/// again once a sleep was short.  Windows and delays are 10x apart.
+#[test]
+fn an_awake_consumer_polls_while_polling_pays() {
+    const WINDOW: Duration = Duration::from_millis(300);
+    const SOON: Duration = Duration::from_millis(30);
+    let (_xen, mut ring, hv) = invalidate_ring(1);
+    assert_eq!(ring.spin_policy(), Spin::default());
+    ring.set_spin_policy(Spin::Adaptive(WINDOW));
+    let mut handle = 0u64;
+    let mut next = |ring: &mut Inval| {
+        let t = post_later(&hv, handle, SOON);
+        handle += 1;
+        assert!(ring.wait(Some(Duration::from_secs(10))).unwrap());
+        t.join().unwrap();
+        assert_eq!(ring.batch().unwrap().count(), 1);
+        hv.producer_kicks()
+    };
+    // Not awake yet: the first record is waited for asleep, with a kick.
+    assert_eq!(next(&mut ring), 1);
+    // Awake: polled for, no kick (the consumer never armed).
+    assert_eq!(next(&mut ring), 1);
+    assert_eq!(next(&mut ring), 1);
+    // Nothing comes within the window: the poll fails, the consumer sleeps.
+    assert!(!ring.wait(Some(WINDOW * 3)).unwrap());
+    assert_eq!(req_event(&hv), 3 + 1, "armed after the failed poll");
+    // Taken while awake, but the last poll failed: the next one is slept
+    // for (a kick)...
+    hv.put_invalidate(99, 99, DOM, 2, 0);
+    assert_eq!(hv.producer_kicks(), 2);
+    assert_eq!(ring.batch().unwrap().count(), 1);
+    assert_eq!(next(&mut ring), 3);
+    // ...and that sleep was short: polling pays again, no kick.
+    assert_eq!(next(&mut ring), 3);
+    assert_eq!(next(&mut ring), 3);
+    // A consumer told never to poll arms at once: a kick per record.
+    ring.set_spin_policy(Spin::Never);
+    assert_eq!(next(&mut ring), 4);
+    assert_eq!(next(&mut ring), 5);
 }
 
 #[test]

@@ -6,6 +6,7 @@ use xen_mem_event_sys::abi;
 
 use crate::backend::Backend;
 use crate::layout::{self, hdr, RawAsyncRec};
+use crate::spin::{Spin, Spinner};
 use crate::{BrokenReason, Error, EventType, Op, Ring, RingBuilder};
 
 /// Why `<domid, gfn>` stopped being an entry of a sharing handle.
@@ -118,8 +119,8 @@ pub struct AsyncRing<B: Backend> {
     seq_gaps: u64,
     /// The shared `lost` counter at the last batch.
     lost_seen: u64,
-    /// How long `wait` polls before sleeping on the event channel.
-    spin: Duration,
+    /// Whether and how long `wait` polls before sleeping.
+    spin: Spinner,
     /// The `req_event` this consumer last stored.
     event: u32,
     /// The last batch took records: `wait` returns as soon as any record
@@ -201,20 +202,38 @@ impl<B: Backend> AsyncRing<B> {
             next_seq: 0,
             seq_gaps: 0,
             lost_seen: 0,
-            spin: Duration::ZERO,
+            spin: Spinner::new(Spin::default()),
             event,
             busy: false,
         })
     }
 
     /// Lets [`wait`](AsyncRing::wait) poll the producer index for up to
-    /// `spin` before sleeping on the event channel (default: zero, sleep at
-    /// once).  For high-volume consumers on an otherwise idle CPU, a few
-    /// tens of microseconds save a sleep and a wake-up per batch.  The
-    /// poll comes before `req_event` is armed, so Xen does not kick a
-    /// consumer that is polling.
+    /// `spin` on every wait before sleeping on the event channel
+    /// ([`Spin::Fixed`]; zero: [`Spin::Never`]).  See
+    /// [`set_spin_policy`](AsyncRing::set_spin_policy) for the default.
     pub fn set_spin(&mut self, spin: Duration) {
-        self.spin = spin;
+        let policy = if spin.is_zero() {
+            Spin::Never
+        } else {
+            Spin::Fixed(spin)
+        };
+        self.set_spin_policy(policy);
+    }
+
+    /// How [`wait`](AsyncRing::wait) polls before it sleeps.  The default,
+    /// [`Spin::Adaptive`] with [`Spin::DEFAULT_WINDOW`], polls after a
+    /// batch that took records and stops as soon as a poll finds nothing,
+    /// so a stream is not slowed by a wake-up per batch and an idle ring
+    /// costs no CPU.  The poll comes before `req_event` is armed, so Xen
+    /// does not kick a consumer that is polling.
+    pub fn set_spin_policy(&mut self, policy: Spin) {
+        self.spin = Spinner::new(policy);
+    }
+
+    /// The polling policy in force.
+    pub fn spin_policy(&self) -> Spin {
+        self.spin.policy()
     }
 
     /// The registration handle.
@@ -305,7 +324,7 @@ impl<B: Backend> AsyncRing<B> {
     /// While the consumer is awake (its last batch took records), any
     /// waiting record counts: it returns `true` at once, without touching
     /// `req_event`.  Once the ring is found empty, it polls (see
-    /// [`set_spin`](AsyncRing::set_spin)), then arms
+    /// [`set_spin_policy`](AsyncRing::set_spin_policy)), then arms
     /// `req_event = req_cons + threshold`, fences, re-checks, and sleeps on
     /// the event channel until Xen kicks.
     pub fn wait(&mut self, timeout: Option<Duration>) -> Result<bool, Error> {
@@ -314,17 +333,8 @@ impl<B: Backend> AsyncRing<B> {
         if self.available()? >= want {
             return Ok(true);
         }
-        if !self.spin.is_zero() {
-            let until = crate::ring::deadline_after(Some(self.spin));
-            let until = match (deadline, until) {
-                (Some(d), Some(u)) => Some(d.min(u)),
-                (d, u) => d.or(u),
-            };
-            // Spinning for ever is not what `spin` is for: cap it.
-            let until = until.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
-            if self.spin_for(want, until)? {
-                return Ok(true);
-            }
+        if self.poll(want, deadline)? {
+            return Ok(true);
         }
         loop {
             if self.arm()? {
@@ -333,10 +343,32 @@ impl<B: Backend> AsyncRing<B> {
             let Some(left) = crate::ring::time_left(deadline) else {
                 return Ok(false);
             };
+            let slept = Instant::now();
             if !self.ring.wait_event(left)? {
                 return Ok(self.available()? >= self.batch);
             }
+            self.spin.woke_after(slept.elapsed());
         }
+    }
+
+    /// `wait`'s poll before sleeping: whether `want` records came.
+    fn poll(&mut self, want: u32, deadline: Option<Instant>) -> Result<bool, Error> {
+        let window = self.spin.window(self.busy);
+        if window.is_zero() {
+            return Ok(false);
+        }
+        // A window too long for an Instant is not a poll for ever: cap it.
+        let end = crate::ring::deadline_after(Some(window))
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        let cut = deadline.is_some_and(|d| d < end);
+        let until = deadline.map_or(end, |d| d.min(end));
+        if self.spin_for(want, until)? {
+            return Ok(true);
+        }
+        if !cut {
+            self.spin.poll_failed();
+        }
+        Ok(false)
     }
 
     /// For event loops, once the descriptor ([`AsFd`](std::os::fd::AsFd))

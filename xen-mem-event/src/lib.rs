@@ -90,6 +90,7 @@ mod error;
 pub mod layout;
 mod ring;
 mod shm;
+mod spin;
 mod sync;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
@@ -103,6 +104,7 @@ pub use async_ring::{AsyncBatch, AsyncRing, AsyncRingBuilder, InvalidateReason, 
 pub use backend::{Backend, EventChannel, RegisterParams, Registration, RingMemory, Token};
 pub use error::{BrokenReason, Error, Op};
 pub use ring::{Ring, RingBuilder, Teardown};
+pub use spin::Spin;
 pub use sync::{OomReason, PendingRequest, Responder, SyncRequest, SyncRing, SyncRingBuilder};
 pub use xen::memshr::{EachPage, Errno, MemShr, ShareSide, MAX_MAP, PAGE_SIZE};
 pub use xen::XenBackend;
