@@ -297,13 +297,19 @@ impl Doorbell {
 
     /// Wait for a ring (or `timeout`); returns whether one came.
     pub fn wait(&self, timeout: Option<Duration>) -> io::Result<bool> {
-        let ms = timeout.map_or(-1, |t| i32::try_from(t.as_millis()).unwrap_or(i32::MAX));
+        // A timeout too long to represent waits for ever.
+        let deadline = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
         let mut pfd = libc::pollfd {
             fd: self.fd.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
         loop {
+            // The time left, rounded up: a sub-millisecond wait still sleeps.
+            let ms = deadline.map_or(-1, |d| {
+                let left = d.saturating_duration_since(std::time::Instant::now());
+                i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
+            });
             // SAFETY: one valid pollfd.
             let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
             if rc < 0 {
