@@ -15,7 +15,7 @@ use xen_mem_event::{AsyncRing, EventType, SyncRing};
 use xen_mem_event_harness::{Doorbell, HarnessBackend, HarnessRing};
 
 use crate::util::{
-    join, nanos, process_invalidate, watchdog, BResult, Checks, FairGuard, FairLock, Padded,
+    join, nanos, pin, process_invalidate, watchdog, BResult, Checks, FairGuard, FairLock, Padded,
     XorShift, DOM, REASON_UNSHARED,
 };
 
@@ -31,6 +31,12 @@ pub const FLOOD_BURST: u64 = 64;
 const GAP_US: (u64, u64) = (100, 400);
 /// The flood runs this long before the first sample.
 const WARMUP: Duration = Duration::from_millis(50);
+/// Placement: the flood (its producer and, per-type, its consumer) on one
+/// CPU, the OOM consumer (per-type) or the single ring's consumer on the
+/// other, as an operator gives a polling pager a CPU of its own.  The
+/// requester is not pinned: it sleeps while its vCPU is paused.
+const FLOOD_CPU: usize = 0;
+const OOM_CPU: usize = 1;
 
 /// What the invalidate flood did.
 #[derive(Debug, Clone, Copy, Default)]
@@ -155,6 +161,7 @@ fn spawn_flood_producer(
 ) -> JoinHandle<BResult<u64>> {
     let stop = Arc::clone(stop);
     thread::spawn(move || {
+        pin(Some(FLOOD_CPU));
         let mut i = 0u64;
         while !stop.load(Ordering::Relaxed) {
             for _ in 0..FLOOD_BURST {
@@ -197,6 +204,7 @@ fn start_per_type_flood(xen: &Arc<HarnessBackend>) -> BResult<PerTypeFlood> {
     let consumer = {
         let stop = Arc::clone(&stop_consumer);
         thread::spawn(move || -> BResult<(u64, u64)> {
+            pin(Some(FLOOD_CPU));
             let mut table = HashSet::with_capacity(1 << 17);
             let (mut consumed, mut lost) = (0u64, 0u64);
             loop {
@@ -282,6 +290,7 @@ pub fn per_type(flood: bool, polling: bool, n: usize, checks: &mut Checks) -> BR
     let consumer = {
         let (stop, stamps) = (Arc::clone(&stop), Arc::clone(&stamps));
         thread::spawn(move || -> BResult<u64> {
+            pin(Some(OOM_CPU));
             let mut answered = 0u64;
             let mut vcpus = Vec::new();
             let mut spins = 0u32;
@@ -539,7 +548,10 @@ pub fn single_ring(flood: bool, n: usize, checks: &mut Checks) -> BResult<LatRun
             Arc::clone(&stop_consumer),
             Arc::clone(&stamps),
         );
-        thread::spawn(move || single_ring_consumer(&ring, &stop, &stamps))
+        thread::spawn(move || {
+            pin(Some(OOM_CPU));
+            single_ring_consumer(&ring, &stop, &stamps)
+        })
     };
     let producer = if flood {
         let ring = Arc::clone(&ring);

@@ -1098,7 +1098,10 @@ fn notes(cfg: &Cfg, report: &mut Report) {
             the ring drops when full) with a sched_yield between bursts, at normal priority, into \
             a {}-frame ring with batch {}, consumed by its own thread doing a HashSet remove + \
             insert per record (the same per-record work in both designs). The yield is what keeps \
-            a 4-thread scenario usable on 2 cores. SCHED_IDLE for the flood producers was tried \
+            a 4-thread scenario usable on 2 cores. Placement: the flood's producer and (per-type) \
+            its consumer are pinned to CPU 0, the OOM consumer (or the single ring's consumer) to \
+            CPU 1, as an operator gives a pager a CPU of its own; the requester is not pinned (it \
+            sleeps while its vCPU is paused). SCHED_IDLE for the flood producers was tried \
             and rejected: it made a preempted producer holding the single ring's lock stall that \
             design's consumer (a priority inversion Xen's non-preemptible spinlocks do not have).",
         latency::FLOOD_BURST,

@@ -363,6 +363,7 @@ impl<B: Backend> AsyncRing<B> {
         let cut = deadline.is_some_and(|d| d < end);
         let until = deadline.map_or(end, |d| d.min(end));
         if self.spin_for(want, until)? {
+            self.spin.poll_paid();
             return Ok(true);
         }
         if !cut {

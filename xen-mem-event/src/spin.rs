@@ -21,10 +21,13 @@ pub enum Spin {
     /// Poll up to this long on every wait, busy or not.
     Fixed(Duration),
     /// The default: after a batch that took records, poll up to this long
-    /// for the next record.  A poll that finds nothing stops polling until
-    /// a sleep shows records coming again within this window (the kick
-    /// came less than this long after the consumer went to sleep).  An
-    /// idle ring thus costs one poll, a trickle none.
+    /// for the next record.  A poll that finds nothing is not tried again
+    /// for the next 1, 2, 4 ... 64 sleeps that end within this window
+    /// (consecutive failures double the wait; one poll that pays resets
+    /// it); sleeps longer than the window do not count.  An idle ring thus
+    /// costs one poll, a trickle almost none, and a consumer sharing its
+    /// CPU with whatever produces (where polling can never pay) one poll
+    /// in 64 wake-ups.
     Adaptive(Duration),
 }
 
@@ -39,19 +42,26 @@ impl Default for Spin {
     }
 }
 
+/// The most short sleeps an adaptive consumer skips polling for.
+const MAX_PENALTY: u32 = 64;
+
 /// The consumer's polling decisions (no clock, no ring: pure bookkeeping).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Spinner {
     policy: Spin,
-    /// Adaptive: the last poll paid, or a sleep since was short.
-    paying: bool,
+    /// Adaptive: short sleeps to go before the next poll.
+    skip: u32,
+    /// Adaptive: the last `skip` set, doubled by every failed poll, 0
+    /// after one that paid.
+    penalty: u32,
 }
 
 impl Spinner {
     pub(crate) fn new(policy: Spin) -> Spinner {
         Spinner {
             policy,
-            paying: true,
+            skip: 0,
+            penalty: 0,
         }
     }
 
@@ -65,21 +75,27 @@ impl Spinner {
         match self.policy {
             Spin::Never => Duration::ZERO,
             Spin::Fixed(d) => d,
-            Spin::Adaptive(d) if busy && self.paying => d,
+            Spin::Adaptive(d) if busy && self.skip == 0 => d,
             Spin::Adaptive(_) => Duration::ZERO,
         }
     }
 
+    /// A poll found what it waited for.
+    pub(crate) fn poll_paid(&mut self) {
+        self.penalty = 0;
+    }
+
     /// A poll of the whole window found nothing.
     pub(crate) fn poll_failed(&mut self) {
-        self.paying = false;
+        self.penalty = (self.penalty * 2).clamp(1, MAX_PENALTY);
+        self.skip = self.penalty;
     }
 
     /// A sleep ended with a kick `slept` after the consumer armed.
     pub(crate) fn woke_after(&mut self, slept: Duration) {
         if let Spin::Adaptive(d) = self.policy {
             if slept <= d {
-                self.paying = true;
+                self.skip = self.skip.saturating_sub(1);
             }
         }
     }
@@ -91,6 +107,18 @@ mod tests {
 
     const W: Duration = Spin::DEFAULT_WINDOW;
 
+    /// Short sleeps until the next poll.
+    fn skipped(s: &mut Spinner) -> u32 {
+        let mut n = 0;
+        while s.window(true).is_zero() {
+            // A long sleep does not count.
+            s.woke_after(W * 2);
+            s.woke_after(W / 2);
+            n += 1;
+        }
+        n
+    }
+
     #[test]
     fn adaptive_polls_only_while_busy_and_paying() {
         let mut s = Spinner::new(Spin::default());
@@ -98,15 +126,17 @@ mod tests {
         // Not busy (the ring was empty at the last batch): sleep at once.
         assert_eq!(s.window(false), Duration::ZERO);
         assert_eq!(s.window(true), W);
-        // A poll that found nothing: no more polling...
+        // Failed polls back off: 1, 2, 4 ... 64 short sleeps without one.
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            s.poll_failed();
+            waits.push(skipped(&mut s));
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 64]);
+        // One that pays resets it.
+        s.poll_paid();
         s.poll_failed();
-        assert_eq!(s.window(true), Duration::ZERO);
-        // ...a long sleep does not bring it back...
-        s.woke_after(W * 2);
-        assert_eq!(s.window(true), Duration::ZERO);
-        // ...a short one does.
-        s.woke_after(W / 2);
-        assert_eq!(s.window(true), W);
+        assert_eq!(skipped(&mut s), 1);
     }
 
     #[test]
