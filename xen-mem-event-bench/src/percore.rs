@@ -17,19 +17,37 @@ use crate::util::{BResult, Checks, Pinned, DOM, REASON_UNSHARED};
 const SLOTS: u32 = 128;
 
 /// Nanoseconds per record of each side: every round (128 records) is
-/// timed, and the median round is reported with the 10th and 90th
-/// percentiles (a round in which this shared machine preempted the thread
-/// is an outlier, not a shift of the median).
+/// timed on its own.  The repetitions are spread over section 1 (one after
+/// each throughput configuration), so each sees another stretch of this
+/// shared machine; the headline is the median round of the least disturbed
+/// repetition (a co-runner on the SMT sibling or a preemption slows a
+/// whole stretch, not single rounds), with the median and percentiles of
+/// all rounds beside it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PerRecord {
+    /// The lowest of the repetitions' median rounds.
+    pub best_rep: f64,
+    /// Over all rounds of all repetitions.
     pub median: f64,
     pub p10: f64,
     pub p90: f64,
+    pub reps: usize,
     pub records: u64,
 }
 
+fn median_of(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 impl PerRecord {
-    fn of(mut rounds: Vec<f64>, records: u64) -> PerRecord {
+    /// Every repetition's rounds (ns per record each).
+    pub fn of(reps: &[Vec<f64>]) -> PerRecord {
+        let best_rep = reps
+            .iter()
+            .map(|r| median_of(&mut r.clone()))
+            .fold(f64::NAN, f64::min);
+        let mut rounds: Vec<f64> = reps.iter().flatten().copied().collect();
         rounds.sort_by(f64::total_cmp);
         let at = |q: usize| {
             rounds
@@ -38,11 +56,44 @@ impl PerRecord {
                 .unwrap_or(f64::NAN)
         };
         PerRecord {
+            best_rep,
             median: at(50),
             p10: at(10),
             p90: at(90),
-            records,
+            reps: reps.len(),
+            records: rounds.len() as u64 * u64::from(SLOTS),
         }
+    }
+}
+
+/// The repetitions gathered so far, per side.
+#[derive(Debug, Default)]
+pub struct Reps(Vec<(Side, Vec<Vec<f64>>)>);
+
+impl Reps {
+    /// One more repetition of every side, `rounds` rounds each.
+    pub fn run(&mut self, rounds: u64, checks: &mut Checks) -> BResult<()> {
+        for side in Side::ALL {
+            let rep = per_record(side, rounds, checks)?;
+            match self.0.iter_mut().find(|(s, _)| *s == side) {
+                Some((_, reps)) => reps.push(rep),
+                None => self.0.push((side, vec![rep])),
+            }
+        }
+        Ok(())
+    }
+
+    /// Repetitions gathered (of each side).
+    pub fn len(&self) -> usize {
+        self.0.first().map_or(0, |(_, r)| r.len())
+    }
+
+    /// What the repetitions of `side` say.
+    pub fn of(&self, side: Side) -> PerRecord {
+        self.0
+            .iter()
+            .find(|(s, _)| *s == side)
+            .map_or_else(PerRecord::default, |(_, r)| PerRecord::of(r))
     }
 }
 
@@ -55,6 +106,10 @@ pub enum Side {
     Producer,
     /// `HvRing::put_invalidate_batch`, `BULK` records per call.
     ProducerBatch,
+}
+
+impl Side {
+    pub const ALL: [Side; 3] = [Side::Consumer, Side::Producer, Side::ProducerBatch];
 }
 
 type Ring = AsyncRing<Arc<HarnessBackend>>;
@@ -72,13 +127,13 @@ fn setup() -> BResult<(Arc<HarnessBackend>, Ring, Arc<HarnessRing>)> {
     Ok((xen, ring, hv))
 }
 
-/// One side's ns per record (see [`Side`]), `rounds` full rings per run.
-pub fn per_record(side: Side, rounds: u64, reps: usize, checks: &mut Checks) -> BResult<PerRecord> {
+/// One repetition of one side (see [`Side`]): `rounds` full rings, the
+/// ns per record of each round.
+pub fn per_record(side: Side, rounds: u64, checks: &mut Checks) -> BResult<Vec<f64>> {
     let ctx = format!("per-record {side:?}");
     let _pinned = Pinned::to(1);
-    let mut runs = Vec::with_capacity(reps * usize::try_from(rounds).unwrap_or(0));
-    let mut total = 0u64;
-    for _ in 0..reps.max(1) {
+    let mut runs = Vec::with_capacity(usize::try_from(rounds).unwrap_or(0));
+    {
         let (_xen, mut ring, hv) = setup()?;
         let hv = hv.hv();
         let mut recs = [AsyncRec {
@@ -130,7 +185,6 @@ pub fn per_record(side: Side, rounds: u64, reps: usize, checks: &mut Checks) -> 
         checks.eq(&ctx, "records consumed", consumed, n);
         checks.eq(&ctx, "records out of order", bad, 0);
         checks.eq(&ctx, "lost (ring core)", s.lost, 0);
-        total += n;
     }
-    Ok(PerRecord::of(runs, total))
+    Ok(runs)
 }
