@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound::{Excluded, Unbounded};
 use std::time::Duration;
 
-use rustc_hash::FxHashSet;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::backend::{Backend, HostCounters, OpError, PageSource, MAX_BATCH};
 use crate::table::{Observed, Table};
@@ -15,6 +15,22 @@ use crate::{
 
 /// Most handles [`Daemon`] remembers as all-zero frames.
 const ZERO_HANDLES_MAX: usize = 1 << 16;
+
+/// A gfn Xen refused to nominate sits out this many full scans at most
+/// (1, 2, 4 ... after consecutive refusals).
+const REFUSED_MAX_WAIT: u64 = 32;
+/// Refused gfns remembered at most (the map is cleared when larger).
+const REFUSED_MAX: usize = 1 << 16;
+
+/// A gfn Xen refused to nominate (dom0 maps it writable, or it is not a
+/// sharable type): when to try it again.
+#[derive(Debug, Clone, Copy)]
+struct Refused {
+    /// Consecutive refusals.
+    times: u32,
+    /// The full scan from which it is looked at again.
+    until: u64,
+}
 
 /// A gfn that cannot be read costs a pass's budget this fraction of a
 /// page: mapping a hole is cheap, and a PVH guest's gfn space is mostly
@@ -128,6 +144,10 @@ pub struct Daemon {
     zero_handles: FxHashSet<Handle>,
     /// Per domain, its holes (see [`HOLE_CHUNK`]).
     holes: BTreeMap<DomId, Holes>,
+    /// Gfns Xen refused to nominate, sitting out full scans: a refusal
+    /// costs a hypercall (and a debug hypervisor's log line), and what
+    /// makes it (a writable mapping by a backend) tends to last.
+    refused: FxHashMap<GfnRef, Refused>,
 }
 
 impl Daemon {
@@ -147,6 +167,7 @@ impl Daemon {
             bad: Vec::new(),
             zero_handles: FxHashSet::default(),
             holes: BTreeMap::new(),
+            refused: FxHashMap::default(),
         }
     }
 
@@ -174,6 +195,7 @@ impl Daemon {
     pub fn remove_domain(&mut self, domid: DomId) -> bool {
         self.table.forget_domain(domid);
         self.holes.remove(&domid);
+        self.refused.retain(|p, _| p.domid != domid);
         self.doms.remove(&domid).is_some()
     }
 
@@ -437,7 +459,10 @@ impl Daemon {
                     self.table.remove(GfnRef::new(domid, gfn));
                 }
                 for &(gfn, key) in &keys {
-                    self.observe(xen, GfnRef::new(domid, gfn), key);
+                    let page = GfnRef::new(domid, gfn);
+                    if !self.sitting_out(page) {
+                        self.observe(xen, page, key);
+                    }
                 }
             }
             Err(e) => {
@@ -540,15 +565,42 @@ impl Daemon {
         }
         match xen.nominate(side.page) {
             Ok(h) => {
+                self.refused.remove(&side.page);
                 self.table.set_handle(side.page, h);
                 Some(h)
             }
-            Err(_) => {
+            Err(e) => {
                 self.stats.nominate_failed += 1;
                 self.table.remove(side.page);
+                if e == OpError::BadGfn {
+                    self.refuse(side.page);
+                }
                 None
             }
         }
+    }
+
+    /// Whether `page` is sitting out this full scan after a refusal.
+    fn sitting_out(&self, page: GfnRef) -> bool {
+        self.refused
+            .get(&page)
+            .is_some_and(|r| self.stats.full_scans < r.until)
+    }
+
+    /// Xen refused to nominate `page`: it sits out the next 1, 2, 4 ...
+    /// [`REFUSED_MAX_WAIT`] full scans.
+    fn refuse(&mut self, page: GfnRef) {
+        if self.refused.len() >= REFUSED_MAX {
+            self.refused.clear();
+        }
+        let scan = self.stats.full_scans;
+        let r = self
+            .refused
+            .entry(page)
+            .or_insert(Refused { times: 0, until: 0 });
+        let wait = (1u64 << r.times.min(6)).min(REFUSED_MAX_WAIT);
+        r.times = r.times.saturating_add(1);
+        r.until = scan + 1 + wait;
     }
 
     /// The zero fast path of the compare: each side (page, handle it was

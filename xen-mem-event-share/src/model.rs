@@ -74,6 +74,11 @@ pub struct ModelXen {
     ring_slots: usize,
     armed: Vec<(Trigger, GfnRef, Box<Page>)>,
     fired: Vec<(GfnRef, Box<Page>)>,
+    /// Gfns mapped writable by another domain (dom0's backends): Xen
+    /// refuses to nominate them (a page with a writable type reference).
+    pinned: BTreeSet<GfnRef>,
+    /// Nominations refused for a pin.
+    pub refused_nominations: u64,
 }
 
 impl ModelXen {
@@ -89,6 +94,19 @@ impl ModelXen {
             ring_slots,
             armed: Vec::new(),
             fired: Vec::new(),
+            pinned: BTreeSet::new(),
+            refused_nominations: 0,
+        }
+    }
+
+    /// Another domain maps `page` writable (`true`) or stops doing so:
+    /// while it does, nominating the gfn fails ([`OpError::BadGfn`]; Xen:
+    /// `EINVAL`, and a debug hypervisor logs "Bad type").
+    pub fn pin_writable(&mut self, page: GfnRef, pinned: bool) {
+        if pinned {
+            self.pinned.insert(page);
+        } else {
+            self.pinned.remove(&page);
         }
     }
 
@@ -417,6 +435,10 @@ impl Sharing for ModelXen {
     fn nominate(&mut self, page: GfnRef) -> Result<Handle, OpError> {
         self.fire(Trigger::Nominate);
         let mfn = self.frame_of(page)?;
+        if self.pinned.contains(&page) {
+            self.refused_nominations += 1;
+            return Err(OpError::BadGfn);
+        }
         let handle = self.next_handle;
         let f = self.frames.get_mut(&mfn).ok_or(OpError::BadGfn)?;
         if let Some(s) = &f.sharing {

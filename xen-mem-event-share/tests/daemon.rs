@@ -516,3 +516,34 @@ fn a_merge_refused_both_ways_is_counted_apart() -> Result<(), xen_mem_event_shar
     assert_eq!(s.client_shared, s.full_scans, "{s}");
     Ok(())
 }
+
+/// A gfn Xen refuses to nominate (dom0 maps it writable: the debug
+/// hypervisor logs "Bad type" for every attempt) is not nominated on every
+/// full scan: after each refusal it sits out 1, 2, 4 ... 32 scans.  Once
+/// the mapping goes, it is shared again within 32 scans.
+#[test]
+fn a_gfn_xen_refuses_to_nominate_is_tried_less_and_less() {
+    let mut host = Host::new(1024);
+    host.domain(1, 4, |g| if g < 2 { 7 } else { 100 + g });
+    let mut d = daemon(true, &[1]);
+    host.xen.pin_writable(p(1, 1), true);
+    for _ in 0..64 {
+        d.pass(&mut host.xen);
+        host.deliver(&mut d);
+    }
+    let s = assert_sane(&mut host, &d);
+    assert!(s.full_scans >= 64, "{s}");
+    // Refused at scans 1, 2, 4, 8, 16, 32, 64 at most (was: every scan).
+    let refused = host.xen.refused_nominations;
+    assert!((1..=7).contains(&refused), "{refused} refusals in 64 scans");
+    assert_eq!(s.nominate_failed, refused);
+    assert_eq!(s.pages_sharing, 0, "{s}");
+    // The mapping goes: the pair is shared within 32 more scans.
+    host.xen.pin_writable(p(1, 1), false);
+    for _ in 0..33 {
+        d.pass(&mut host.xen);
+        host.deliver(&mut d);
+    }
+    let s = assert_sane(&mut host, &d);
+    assert_eq!((s.pages_shared, s.pages_sharing), (1, 1), "{s}");
+}
