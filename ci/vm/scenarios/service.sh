@@ -24,6 +24,12 @@
 #     connected
 #  5. journalctl -u shows the tools' own lines for both units
 #  6. systemctl disable --now: both consumers detach cleanly, no ring left
+#  7. the operator's whole setup on svc1 (allowance uncapped): systemctl
+#     start xen-mem-event-pager-all and xen-mem-event-share (a drop-in's
+#     SHARE_OPTS scans fast): svc1's OOM ring held by pager-all's pager,
+#     its invalidation ring by the daemon, which says it manages svc1 and
+#     makes Xen free at least 64 more pages; the guest verifies; systemctl
+#     stop: both units end inactive (not failed), no ring left
 set -uo pipefail
 . /opt/xme/lib.sh
 
@@ -32,12 +38,15 @@ N=${XME_NSHARE:-12}
 R=$XME_RUN/service
 PAGER=xen-mem-event-pager@$G1.service
 WATCH=xen-mem-event-watch-all.service
+PALL=xen-mem-event-pager-all.service
+SHARE=xen-mem-event-share.service
 DROPIN=/run/systemd/system/$PAGER.d
+SHARE_DROPIN=/run/systemd/system/$SHARE.d
 BOUND_MS=5000
 
 cleanup() {
-    systemctl disable --now "$PAGER" "$WATCH" >/dev/null 2>&1
-    rm -rf "$DROPIN" /run/xme-svc-go /run/xme-svc-policy.sh
+    systemctl disable --now "$PAGER" "$WATCH" "$PALL" "$SHARE" >/dev/null 2>&1
+    rm -rf "$DROPIN" "$SHARE_DROPIN" /run/xme-svc-go /run/xme-svc-policy.sh
     systemctl daemon-reload
     guest_destroy "$G1"
     guest_destroy "$G2"
@@ -187,6 +196,43 @@ if wait_for 20 ring_absent "$D1" SHARING_OOM && wait_for 20 ring_absent "$D1" SH
 else
     result clean-stop FAIL "$(xen-mem-event status --domain "$D1" 2>&1 | tr '\n' ' ')"
 fi
+
+# ------------------------------------------------------------ 7. pager-all + share
+cap_allowance "$D1" 65536
+mkdir -p "$SHARE_DROPIN"
+cat > "$SHARE_DROPIN/fast.conf" <<'EOF'
+[Service]
+Environment="SHARE_OPTS=--pages-per-sec 200000 --interval 1 --pass-interval 0.1"
+EOF
+systemctl daemon-reload
+read -r freed0 _ < <(sharing_info)
+if systemctl start "$PALL" "$SHARE" > "$R-start.log" 2>&1 \
+   && wait_for 20 ring_connected "$D1" SHARING_OOM \
+   && wait_for 20 ring_connected "$D1" SHARING_INVALIDATE \
+   && systemctl is-active -q "$PALL" "$SHARE"; then
+    result units-all PASS "$PALL holds svc1's OOM ring, $SHARE its invalidation ring"
+else
+    result units-all FAIL "$(tr '\n' ' ' < "$R-start.log") $(systemctl status --no-pager "$PALL" "$SHARE" 2>&1 | tail -n 8 | tr '\n' ' ')"
+fi
+more_freed() { local f; read -r f _ < <(sharing_info); [ "$f" -ge $((freed0 + 64)) ]; }
+managed() { journalctl -q -o cat -u "$SHARE" | grep -q "^d$D1: managed"; }
+if wait_for 120 more_freed && managed; then
+    read -r freed1 _ < <(sharing_info)
+    result share-unit PASS "$(journalctl -q -o cat -u "$SHARE" | grep -m1 "^d$D1: managed"); Xen pages freed $freed0 -> $freed1"
+else
+    read -r freed1 _ < <(sharing_info)
+    result share-unit FAIL "Xen pages freed $freed0 -> $freed1; $(journalctl -q -o cat -u "$SHARE" | tail -n 5 | tr '\n' ' ')"
+fi
+memtest_check verify-shared "$G1" verify 60
+systemctl stop "$PALL" "$SHARE" >/dev/null 2>&1
+st=$(systemctl show -p ActiveState --value "$PALL" "$SHARE" | tr '\n' ' ')
+if [ "$st" = "inactive inactive " ] && wait_for 20 ring_absent "$D1" SHARING_OOM \
+   && wait_for 20 ring_absent "$D1" SHARING_INVALIDATE; then
+    result stop-all PASS "systemctl stop: both units inactive, no ring of svc1 left"
+else
+    result stop-all FAIL "states: $st; $(xen-mem-event status --domain "$D1" 2>&1 | tr '\n' ' ')"
+fi
 errs=$(xen_console_errors)
 [ -z "$errs" ] && result xen-quiet PASS "no hypervisor error" || result xen-quiet FAIL "$errs"
 exit $fail
+
