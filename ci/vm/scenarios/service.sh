@@ -225,7 +225,7 @@ else
 fi
 memtest_check verify-shared "$G1" verify 60
 systemctl stop "$PALL" "$SHARE" >/dev/null 2>&1
-st=$(systemctl show -p ActiveState --value "$PALL" "$SHARE" | tr '\n' ' ')
+st=$(systemctl is-active "$PALL" "$SHARE" | tr '\n' ' ')
 if [ "$st" = "inactive inactive " ] && wait_for 20 ring_absent "$D1" SHARING_OOM \
    && wait_for 20 ring_absent "$D1" SHARING_INVALIDATE; then
     result stop-all PASS "systemctl stop: both units inactive, no ring of svc1 left"
