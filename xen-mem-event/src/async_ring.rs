@@ -82,8 +82,8 @@ pub struct InvalidateRecord {
 /// took records, `wait` returns as soon as any record is waiting, and
 /// `req_event` is left (or parked) out of Xen's reach, so a steady stream
 /// costs no notification, no fence and no store to `req_event`.  Only when
-/// it finds the ring empty does `wait` arm `req_event = req_cons + n`,
-/// fence, re-check `req_prod`, and sleep.
+/// it finds the ring empty does `wait` poll a while (see [`Spin`]), then
+/// arm `req_event = req_cons + n`, fence, re-check `req_prod`, and sleep.
 ///
 /// # Example
 ///
@@ -223,9 +223,9 @@ impl<B: Backend> AsyncRing<B> {
 
     /// How [`wait`](AsyncRing::wait) polls before it sleeps.  The default,
     /// [`Spin::Adaptive`] with [`Spin::DEFAULT_WINDOW`], polls after a
-    /// batch that took records and stops as soon as a poll finds nothing,
+    /// batch that took records and backs off when a poll finds nothing,
     /// so a stream is not slowed by a wake-up per batch and an idle ring
-    /// costs no CPU.  The poll comes before `req_event` is armed, so Xen
+    /// costs almost no CPU.  The poll comes before `req_event` is armed, so Xen
     /// does not kick a consumer that is polling.
     pub fn set_spin_policy(&mut self, policy: Spin) {
         self.spin = Spinner::new(policy);
