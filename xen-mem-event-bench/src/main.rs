@@ -494,8 +494,8 @@ fn section_throughput(cfg: &Cfg, report: &mut Report, checks: &mut Checks) -> BR
                 ),
             )
             .result(format!(
-                "median {}rec/s (range {}–{}) · {:.4} notif/rec · {:.2} notif/batch · {} pairs, \
-                    ping-pong {:.0}–{:.0} ns",
+                "median {}rec/s (range {}–{}) · {:.4} notif/rec · {:.2} notif/batch · \
+                    {} pairs, ping-pong {:.0}–{:.0} ns",
                 fmt_rate(rate_m),
                 fmt_rate(rate_lo),
                 fmt_rate(rate_hi),
@@ -1045,20 +1045,20 @@ fn notes(cfg: &Cfg, report: &mut Report) {
         cfg.run,
     ));
     n.push(format!(
-        "Async producer = the hypervisor's ring core (mem_event_ring.c, unchanged, \
-        under hv.c's spinlock, at the cost of Xen's) posting in bulk through mem_event_ring_put_async_batch \
+        "Async producer = the hypervisor's ring core (mem_event_ring.c, unchanged, under hv.c's \
+        spinlock, at the cost of Xen's) posting in bulk through mem_event_ring_put_async_batch \
         (HarnessRing::put_invalidate_batch, ≤{} records per call: one lock, one req_prod \
-        publication, one barrier, one event check), as Xen does on its bulk paths; consumer = the \
-        library's AsyncRing (wait + batch) on another thread; event channel = the harness \
+        publication, one barrier, one event check), as Xen does on its bulk paths; consumer = \
+        the library's AsyncRing (wait + batch) on another thread; event channel = the harness \
         eventfd. The consumer takes whatever is waiting while it is awake and arms req_event \
         (fence, re-check) only when it finds the ring empty, before it sleeps; by default \
         (Spin::Adaptive) it first polls up to 50 µs for the next record after a batch that took \
-        records, and stops polling as soon as a poll finds nothing until a sleep ends within \
-        50 µs again (a sleep and a wake-up cost about 14 µs here, while 128 records arrive in \
-        under 2 µs). Xen itself never \
-        waits on a full async ring: for LOSSLESS throughput the bench producer reads \
-        req_cons/req_prod from the shared header (atomic loads) and posts only into free slots, \
-        spinning then yielding when full. Every lossless run checks lost == 0 and in-order seq.",
+        records, and after a poll that finds nothing skips polling for the next 1, 2, 4 ... 64 \
+        sleeps that end within 50 µs (a sleep and a wake-up cost about 14 µs here, while 128 \
+        records arrive in under 2 µs). Xen itself never waits on a full async ring: for LOSSLESS \
+        throughput the bench producer reads req_cons/req_prod from the shared header (atomic \
+        loads) and posts only into free slots, spinning then yielding when full. Every lossless \
+        run checks lost == 0 and in-order seq.",
         throughput::BULK
     ));
     n.push(

@@ -120,8 +120,8 @@ impl Report {
         if let Some((m, lo, hi)) = self.placement_ns {
             let _ = writeln!(
                 out,
-                "Placement: cross-CPU cache-line round trip {m:.0} ns (median; {lo:.0}–{hi:.0} ns \
-                    over the run).\n"
+                "Placement: cross-CPU cache-line round trip {m:.0} ns (median; \
+                    {lo:.0}–{hi:.0} ns over the run).\n"
             );
         }
         out.push_str("| § | Configuration | Result | Ratio | Target |\n");
