@@ -157,5 +157,10 @@ elif [ "${XME_QUIET:-0}" = 1 ]; then
     echo "---- last 200 lines of $clean ----"
     tail -n 200 "$clean"
 fi
+# The failed checks once more, last: CI may keep only the end of the output.
+if [ "$nfail" -gt 0 ]; then
+    echo "---- the failed checks ----"
+    grep -E '^XME-RESULT [^ ]+ FAIL' "$LOGDIR/results.txt" | cut -c1-400
+fi
 echo "vm-tier: $npass passed, $nfail failed"
 exit $verdict
