@@ -16,14 +16,14 @@ use crate::{
 /// Most handles [`Daemon`] remembers as all-zero frames.
 const ZERO_HANDLES_MAX: usize = 1 << 16;
 
-/// A gfn Xen refused to nominate sits out this many full scans at most
-/// (1, 2, 4 ... after consecutive refusals).
+/// A gfn Xen refused to nominate, or to share both ways, sits out this
+/// many full scans at most (1, 2, 4 ... after consecutive refusals).
 const REFUSED_MAX_WAIT: u64 = 32;
 /// Refused gfns remembered at most (the map is cleared when larger).
 const REFUSED_MAX: usize = 1 << 16;
 
 /// A gfn Xen refused to nominate (dom0 maps it writable, or it is not a
-/// sharable type): when to try it again.
+/// sharable type) or to share both ways: when to try it again.
 #[derive(Debug, Clone, Copy)]
 struct Refused {
     /// Consecutive refusals.
@@ -144,9 +144,10 @@ pub struct Daemon {
     zero_handles: FxHashSet<Handle>,
     /// Per domain, its holes (see [`HOLE_CHUNK`]).
     holes: BTreeMap<DomId, Holes>,
-    /// Gfns Xen refused to nominate, sitting out full scans: a refusal
-    /// costs a hypercall (and a debug hypervisor's log line), and what
-    /// makes it (a writable mapping by a backend) tends to last.
+    /// Gfns Xen refused to nominate or to share both ways, sitting out
+    /// full scans: a refusal costs a hypercall (and a debug hypervisor's
+    /// log line), and what makes it (a writable mapping by a backend, a
+    /// frame mapped by a third domain) tends to last.
     refused: FxHashMap<GfnRef, Refused>,
 }
 
@@ -531,6 +532,9 @@ impl Daemon {
             Ok(()) => {
                 self.stats.share_ok += 1;
                 self.table.merged(cli, ch, sh);
+                if !self.refused.is_empty() {
+                    self.refused.remove(&new.page);
+                }
             }
             Err(OpError::StaleSource) => {
                 self.zero_handles.remove(&sh);
@@ -548,8 +552,10 @@ impl Daemon {
                 // Each frame has a gfn of a domain the other frame's
                 // domain is not: neither can move now.  Both gfns still
                 // hold the handles the table has (nothing changed), so
-                // their entries stay; a later scan tries the pair again.
+                // their entries stay; the gfn that found the match sits
+                // out full scans before the pair is tried again.
                 self.stats.client_shared += 1;
+                self.refuse(new.page);
             }
             Err(_) => {
                 self.stats.share_failed += 1;
@@ -587,8 +593,8 @@ impl Daemon {
             .is_some_and(|r| self.stats.full_scans < r.until)
     }
 
-    /// Xen refused to nominate `page`: it sits out the next 1, 2, 4 ...
-    /// [`REFUSED_MAX_WAIT`] full scans.
+    /// Xen refused to nominate `page`, or to share it both ways: it sits
+    /// out the next 1, 2, 4 ... [`REFUSED_MAX_WAIT`] full scans.
     fn refuse(&mut self, page: GfnRef) {
         if self.refused.len() >= REFUSED_MAX {
             self.refused.clear();
