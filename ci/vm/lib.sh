@@ -50,8 +50,8 @@ wait_log() {
         if [ -n "$name" ]; then
             st=$(guest_state "$name")
             case "$st" in
-            '') xme_log "guest $name is gone"; return 2 ;;
-            *c*) xme_log "guest $name crashed (state $st)"; return 2 ;;
+            '') xme_log "guest $name is gone" >&2; return 2 ;;
+            *c*) xme_log "guest $name crashed (state $st)" >&2; return 2 ;;
             esac
         fi
         sleep 0.5
@@ -126,19 +126,34 @@ guest_gfns() {
         }' "$(guest_log "$1")"
 }
 
+# guest_why NAME DOMID: what a guest that does not answer is doing (logged):
+# its state, its vCPUs (state and run time, twice 2 s apart: stuck or
+# running), its rings, its last console lines.
+guest_why() {
+    local v1
+    v1=$(xl vcpu-list "$1" 2>/dev/null | awk 'NR > 1 {printf "v%s %s %ss; ", $3, $5, $6}')
+    sleep 2
+    xme_log "guest $1: state '$(guest_state "$1")'; vCPUs: $v1 2 s later: $(xl vcpu-list "$1" \
+        2>/dev/null | awk 'NR > 1 {printf "v%s %s %ss; ", $3, $5, $6}')"
+    xme_log "guest $1: rings: $(xen-mem-event status --domain "$2" 2>&1 | tr '\n' ' ' | cut -c1-400)"
+    tr -d '\r' < "$(guest_log "$1")" 2>/dev/null | tail -n 4 | sed "s/^/[xme $XME_SCENARIO]   $1| /"
+}
+
 # guest_cmd NAME COMMAND [TIMEOUT_S]: send one command to memtest and wait
 # for its answer (the line with 'seq=K'); prints that line.
 guest_cmd() {
     local name=$1 cmd=$2 t=${3:-60} domid tty seq log line
-    domid=$(guest_domid "$name") || { xme_log "guest $name not running"; return 1; }
+    domid=$(guest_domid "$name") || { xme_log "guest $name not running" >&2; return 1; }
     tty=$(xenstore-read "/local/domain/$domid/console/tty" 2>/dev/null) || true
-    [ -c "$tty" ] || { xme_log "guest $name: no console pty ($tty)"; return 1; }
+    [ -c "$tty" ] || { xme_log "guest $name: no console pty ($tty)" >&2; return 1; }
     seq=$(( $(cat "$XME_RUN/$name.seq" 2>/dev/null || echo 0) + 1 ))
     echo "$seq" > "$XME_RUN/$name.seq"
     log=$(guest_log "$name")
     printf '%s\n' "$cmd" > "$tty"
     if ! wait_log "$log" "seq=$seq( |\$)" "$t" "$name"; then
-        xme_log "guest $name: no answer to '$cmd' (seq $seq) within ${t}s"
+        # stderr: stdout is the caller's answer.
+        xme_log "guest $name: no answer to '$cmd' (seq $seq) within ${t}s" >&2
+        guest_why "$name" "$domid" >&2
         return 1
     fi
     line=$(tr -d '\r' < "$log" | grep -E "seq=$seq( |\$)" | tail -n 1)

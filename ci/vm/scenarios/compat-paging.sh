@@ -57,7 +57,8 @@ fi
 line=$(guest_cmd "$G" verify 120) || line="(no answer)"
 case "$line" in
 "MEMTEST PASS "*) result verify-paged PASS "${line#MEMTEST }" ;;
-*) result verify-paged FAIL "$line" ;;
+*) result verify-paged FAIL "$line"
+   xme_log "xenpaging (pid $xp, $(kill -0 "$xp" 2>/dev/null && echo alive || echo gone)): $(tail -n 5 "$pout" | tr '\n' ' ')" ;;
 esac
 line=$(guest_cmd "$G" write 120) || line="(no answer)"
 case "$line" in
