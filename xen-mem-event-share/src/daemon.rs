@@ -30,6 +30,9 @@ struct Refused {
     times: u32,
     /// The full scan from which it is looked at again.
     until: u64,
+    /// Refused as one side of a share both ways (it stays in the table
+    /// and is scanned: only its merges wait), not a nomination.
+    both_ways: bool,
 }
 
 /// A gfn that cannot be read costs a pass's budget this fraction of a
@@ -461,7 +464,7 @@ impl Daemon {
                 }
                 for &(gfn, key) in &keys {
                     let page = GfnRef::new(domid, gfn);
-                    if !self.sitting_out(page) {
+                    if !self.sitting_out(page, false) {
                         self.observe(xen, page, key);
                     }
                 }
@@ -500,7 +503,7 @@ impl Daemon {
         let Some(hc) = self.handle_of(xen, new) else {
             return;
         };
-        if hs == hc {
+        if hs == hc || self.sitting_out(new.page, true) {
             return;
         }
         let same = if key == ZERO_KEY {
@@ -552,10 +555,11 @@ impl Daemon {
                 // Each frame has a gfn of a domain the other frame's
                 // domain is not: neither can move now.  Both gfns still
                 // hold the handles the table has (nothing changed), so
-                // their entries stay; the gfn that found the match sits
-                // out full scans before the pair is tried again.
+                // their entries stay (and are scanned, so that the table
+                // follows them); the gfn that found the match is not
+                // merged for some full scans.
                 self.stats.client_shared += 1;
-                self.refuse(new.page);
+                self.refuse(new.page, true);
             }
             Err(_) => {
                 self.stats.share_failed += 1;
@@ -579,34 +583,38 @@ impl Daemon {
                 self.stats.nominate_failed += 1;
                 self.table.remove(side.page);
                 if e == OpError::BadGfn {
-                    self.refuse(side.page);
+                    self.refuse(side.page, false);
                 }
                 None
             }
         }
     }
 
-    /// Whether `page` is sitting out this full scan after a refusal.
-    fn sitting_out(&self, page: GfnRef) -> bool {
+    /// Whether `page` is sitting out this full scan after a refusal of
+    /// the kind `both_ways` says (a nomination: it is not scanned; a share
+    /// both ways: it is not merged).
+    fn sitting_out(&self, page: GfnRef, both_ways: bool) -> bool {
         self.refused
             .get(&page)
-            .is_some_and(|r| self.stats.full_scans < r.until)
+            .is_some_and(|r| r.both_ways == both_ways && self.stats.full_scans < r.until)
     }
 
     /// Xen refused to nominate `page`, or to share it both ways: it sits
     /// out the next 1, 2, 4 ... [`REFUSED_MAX_WAIT`] full scans.
-    fn refuse(&mut self, page: GfnRef) {
+    fn refuse(&mut self, page: GfnRef, both_ways: bool) {
         if self.refused.len() >= REFUSED_MAX {
             self.refused.clear();
         }
         let scan = self.stats.full_scans;
-        let r = self
-            .refused
-            .entry(page)
-            .or_insert(Refused { times: 0, until: 0 });
+        let r = self.refused.entry(page).or_insert(Refused {
+            times: 0,
+            until: 0,
+            both_ways,
+        });
         let wait = (1u64 << r.times.min(6)).min(REFUSED_MAX_WAIT);
         r.times = r.times.saturating_add(1);
         r.until = scan + 1 + wait;
+        r.both_ways = both_ways;
     }
 
     /// The zero fast path of the compare: each side (page, handle it was

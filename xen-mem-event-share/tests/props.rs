@@ -120,6 +120,23 @@ fn check(host: &mut Host, daemon: &Daemon, after_pass: bool) -> Result<(), TestC
     Ok(())
 }
 
+/// One case: `ops` on a host set up from `init`, checked after every step
+/// and, settled, at the end.
+fn case(invalidate: bool, ring: usize, init: &[u64], ops: &[Op]) -> Result<(), TestCaseError> {
+    let (mut host, mut daemon) = setup(invalidate, ring, init);
+    for op in ops {
+        run(&mut host, &mut daemon, op);
+        check(&mut host, &daemon, matches!(op, Op::Pass))?;
+    }
+    host.settle(&mut daemon);
+    check(&mut host, &daemon, true)?;
+    if invalidate {
+        let s = daemon.stats();
+        prop_assert_eq!(s.pages_sharing, s.host_saved, "{}", s);
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 192, ..ProptestConfig::default() })]
 
@@ -130,16 +147,23 @@ proptest! {
         init in proptest::collection::vec(contents(), 1..6),
         ops in proptest::collection::vec(op(), 1..80),
     ) {
-        let (mut host, mut daemon) = setup(invalidate, ring, &init);
-        for op in &ops {
-            run(&mut host, &mut daemon, op);
-            check(&mut host, &daemon, matches!(op, Op::Pass))?;
-        }
-        host.settle(&mut daemon);
-        check(&mut host, &daemon, true)?;
-        if invalidate {
-            let s = daemon.stats();
-            prop_assert_eq!(s.pages_sharing, s.host_saved, "{}", s);
-        }
+        case(invalidate, ring, &init, &ops)?;
     }
+}
+
+/// Found by `never_shares_different_pages`: a pair refused both ways
+/// (its client frame mapped by a third domain) was left out of the scans
+/// while it waited, so records lost meanwhile were never made up for by
+/// the rescan and the table kept believing 54 pages sharing where Xen
+/// had freed 70.
+#[test]
+fn a_pair_refused_both_ways_is_still_scanned() -> Result<(), TestCaseError> {
+    let ops = [
+        Op::Pass,
+        Op::WriteShared { i: 0, c: 0 },
+        Op::Write { d: 1, g: 0, c: 0 },
+        Op::Pass,
+        Op::Write { d: 1, g: 0, c: 0 },
+    ];
+    case(true, 4, &[0], &ops)
 }
