@@ -93,7 +93,7 @@ guest_create() {
         fi
         xme_log "guest $name: no 'MEMTEST READY' (attempt $attempt, rc $rc); console log tail:"
         tail -n 15 "$log" 2>/dev/null | sed 's/^/    | /'
-        xl dmesg 2>/dev/null | tail -n 15 | sed 's/^/    xen| /'
+        xen_log | tail -n 15 | sed 's/^/    xen| /'
         cp "$log" "$XME_RUN/$name.attempt$attempt.log" 2>/dev/null || true
     done
     xl destroy "$name" >/dev/null 2>&1 || true
@@ -181,9 +181,22 @@ sharing_info() {
     memshare info | awk '$1 == "used" {f = $3} $1 == "freed" {u = $3} END {print f + 0, u + 0}'
 }
 
+# xen_log: the hypervisor's log since boot, as far as it was read in time.
+# Xen's console ring (conring_size=1m) drops its oldest lines as it fills,
+# so a count of lines in 'xl dmesg' can fall between two reads (the paging
+# scenarios alone print about 5,000 lines); each read here moves what the
+# ring holds (xl dmesg -c: read and clear) to the end of a file, and prints
+# the file.  Counts of lines from it never fall.  Read the log only
+# through it.
+XEN_LOG=$XME_RUN/xen.log
+xen_log() {
+    xl dmesg -c >> "$XEN_LOG" 2>/dev/null
+    cat "$XEN_LOG" 2>/dev/null
+}
+
 # xen_console_errors: lines of the hypervisor log that mean a Xen bug.
 xen_console_errors() {
-    xl dmesg 2>/dev/null | grep -E 'Assertion .* failed|Xen BUG at|Xen WARN at|FATAL|Panic on CPU|Xen call trace' || true
+    xen_log | grep -E 'Assertion .* failed|Xen BUG at|Xen WARN at|FATAL|Panic on CPU|Xen call trace' || true
 }
 
 # share_pages NAME DOMID REGION MODE N: nominate up to N gfns of REGION

@@ -14,7 +14,7 @@ OUT_MB=${XME_PAGE_OUT_MB:-16}
 tot_kb() { xl list "$1" 2>/dev/null | awk 'NR == 2 {print $3 * 1024}'; }
 
 boot_guest "$G"
-m0=$(xl dmesg | grep -c 'vm_event interface version mismatch')
+m0=$(xen_log | grep -c 'vm_event interface version mismatch')
 
 pout=$XME_RUN/xenpaging-stock-$D.out
 "$XENPAGING" -f "$XME_RUN/stock-$D.pf" -d "$D" > "$pout" 2>&1 &
@@ -28,7 +28,7 @@ result page-out PASS "stock xenpaging paged ${before} kB -> $(tot_kb "$G") kB"
 
 # The guest touches its memory: the paged-out pages never come back.
 line=$(guest_cmd "$G" verify 30) || line=""
-m1=$(xl dmesg | grep -c 'vm_event interface version mismatch')
+m1=$(xen_log | grep -c 'vm_event interface version mismatch')
 if [ -z "$line" ] && [ "$m1" -gt "$m0" ]; then
     result stock-hangs PASS "no answer in 30 s; Xen dropped $((m1 - m0)) responses (vm_event interface version mismatch)"
 else

@@ -24,7 +24,7 @@ fi
 boot_guest "$G"
 
 # Earlier scenarios (compat-paging-stock) leave mismatch lines behind.
-m0=$(xl dmesg | grep -c 'vm_event interface version mismatch')
+m0=$(xen_log | grep -c 'vm_event interface version mismatch')
 pf=$XME_RUN/paging-$D.pf
 pout=$XME_RUN/xenpaging-$D.out
 "$XENPAGING" -f "$pf" -d "$D" > "$pout" 2>&1 &
@@ -72,7 +72,7 @@ if [ "$XP_RC" = 0 ]; then
 else
     result xenpaging-exit FAIL "rc=$XP_RC: $(tail -n 3 "$pout" | tr '\n' ' ')"
 fi
-m1=$(xl dmesg | grep -c 'vm_event interface version mismatch')
+m1=$(xen_log | grep -c 'vm_event interface version mismatch')
 if grep -q 'version mismatch' "$pout" || [ "$m1" != "$m0" ]; then
     result responses FAIL "Xen dropped responses: vm_event interface version mismatch"
 else

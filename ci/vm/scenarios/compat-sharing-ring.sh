@@ -29,7 +29,7 @@ legacy_events() { grep -c '^event ' "$R-legacy.out" 2>/dev/null || true; }
 
 boot_guest "$G"
 # Earlier scenarios (compat-paging-stock) leave mismatch lines behind.
-mismatch0=$(xl dmesg | grep -c 'vm_event interface version mismatch' || true)
+mismatch0=$(xen_log | grep -c 'vm_event interface version mismatch' || true)
 memshare enable "$D" >/dev/null 2>&1 || { result share-enable FAIL "xen-memshare enable $D"; guest_destroy "$G"; exit 1; }
 
 # ------------------------------------------------------------ 1. legacy helper
@@ -104,11 +104,11 @@ else
     result detach FAIL "pager rc=$prc legacy rc=$lrc; $(tail -n 2 "$R-legacy.out" "$R-legacy.err" "$R-pager.err" | tr '\n' ' ')"
 fi
 memtest_check verify-final "$G" verify 120
-nohelper=$(xl dmesg | grep -c " d$D attempt to unshare.*ENOMEM and no helper" || true)
-mismatch=$(( $(xl dmesg | grep -c 'vm_event interface version mismatch' || true) - mismatch0 ))
+nohelper=$(xen_log | grep -c " d$D attempt to unshare.*ENOMEM and no helper" || true)
+mismatch=$(( $(xen_log | grep -c 'vm_event interface version mismatch' || true) - mismatch0 ))
 errs=$(xen_console_errors)
 if [ "$nohelper" = 0 ] && [ "$mismatch" = 0 ] && [ -z "$errs" ]; then
-    result xen-log PASS "no 'ENOMEM and no helper' for d$D, no version mismatch, no hypervisor error; over-allocation lines: $(xl dmesg | grep -c "Over-allocation for d$D" || true)"
+    result xen-log PASS "no 'ENOMEM and no helper' for d$D, no version mismatch, no hypervisor error; over-allocation lines: $(xen_log | grep -c "Over-allocation for d$D" || true)"
 else
     result xen-log FAIL "'ENOMEM and no helper' x$nohelper, version mismatch x$mismatch; $(echo "$errs" | head -n 3 | tr '\n' ' ')"
 fi

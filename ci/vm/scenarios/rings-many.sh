@@ -71,11 +71,11 @@ diag() {    # diag WHY: what a stuck guest A looks like
     xl vcpu-list "$GA" 2>&1 | sed 's/^/    vcpu| /'
     xen-mem-event status --domain "$DA" 2>&1 | sed 's/^/    status| /'
     tail -n 3 "$R-pager.jsonl" | sed 's/^/    pager| /'
-    xl dmesg | tail -n 12 | sed 's/^/    xen| /'
+    xen_log | tail -n 12 | sed 's/^/    xen| /'
 }
 
 # Earlier scenarios (compat-paging-stock) leave mismatch lines behind.
-mm0=$(xl dmesg | grep -c 'vm_event interface version mismatch' || true)
+mm0=$(xen_log | grep -c 'vm_event interface version mismatch' || true)
 
 # ------------------------------------------------------------ 1. boot + attach
 # A: no periodic verify (-p 0): page-ins happen only when the test asks.
@@ -109,7 +109,7 @@ sleep 2
 if ! kill -0 "$XP" 2>/dev/null; then
     result xenpaging-start FAIL "$(tail -n 3 "$R-xenpaging.out" | tr '\n' ' ')"
     sed 's/^/    xp| /' "$R-xenpaging.out" | head -n 40
-    xl dmesg | tail -n 20 | sed 's/^/    xen| /'
+    xen_log | tail -n 20 | sed 's/^/    xen| /'
     XP=''
     cleanup
     exit 1
@@ -268,7 +268,7 @@ case "$line" in
 "MEMTEST PASS "*) result a-verify-final PASS "${line#MEMTEST } (A at $(tot_kib "$DA") KiB)" ;;
 *) result a-verify-final FAIL "$line" ;;
 esac
-mismatch=$(( $(xl dmesg | grep -c 'vm_event interface version mismatch' || true) - mm0 ))
+mismatch=$(( $(xen_log | grep -c 'vm_event interface version mismatch' || true) - mm0 ))
 errs=$(xen_console_errors)
 if [ "$mismatch" = 0 ] && [ -z "$errs" ]; then
     result xen-log PASS "no hypervisor error, no vm_event version mismatch"

@@ -55,8 +55,8 @@ else
 fi
 
 # ------------------------------------------------------------ 3. park
-before=$(xl dmesg 2>/dev/null | grep -c 'parked until it has room')
-overalloc0=$(xl dmesg 2>/dev/null | grep -c 'Over-allocation')
+before=$(xen_log | grep -c 'parked until it has room')
+overalloc0=$(xen_log | grep -c 'Over-allocation')
 cap_allowance "$D"
 (memtest_check write-after-takeover "$G" write 300 > "$R-write.result") &
 WP=$!
@@ -64,8 +64,8 @@ if wait_for 20 sh -c "[ \"\$(LD_LIBRARY_PATH=/usr/local/lib/xme/lib /usr/local/l
     sleep 1
     t1=$(vcpu_time "$D"); sleep 5; t2=$(vcpu_time "$D")
     info=$(XR "$D" info oom)
-    after=$(xl dmesg 2>/dev/null | grep -c 'parked until it has room')
-    overalloc=$(( $(xl dmesg 2>/dev/null | grep -c 'Over-allocation') - overalloc0 ))
+    after=$(xen_log | grep -c 'parked until it has room')
+    overalloc=$(( $(xen_log | grep -c 'Over-allocation') - overalloc0 ))
     if awk -v a="$t1" -v b="$t2" 'BEGIN { exit !(b - a < 0.5) }' && [ $((after - before)) = 1 ]; then
         result parked PASS "vCPU parked ($info); its run time ${t1}s -> ${t2}s over 5 s; $((after - before)) log line, $overalloc over-allocation lines"
     else
