@@ -126,17 +126,25 @@ guest_gfns() {
         }' "$(guest_log "$1")"
 }
 
+# vcpu_times NAME: each vCPU's state and run time, on one line.
+vcpu_times() {
+    xl vcpu-list "$1" 2>/dev/null | awk 'NR > 1 {printf "v%s %s %ss; ", $3, $5, $6}'
+}
+
 # guest_why NAME DOMID: what a guest that does not answer is doing (logged):
 # its state, its vCPUs (state and run time, twice 2 s apart: stuck or
 # running), its rings, its last console lines.
 guest_why() {
     local v1
-    v1=$(xl vcpu-list "$1" 2>/dev/null | awk 'NR > 1 {printf "v%s %s %ss; ", $3, $5, $6}')
+    v1=$(vcpu_times "$1")
     sleep 2
-    xme_log "guest $1: state '$(guest_state "$1")'; vCPUs: $v1 2 s later: $(xl vcpu-list "$1" \
-        2>/dev/null | awk 'NR > 1 {printf "v%s %s %ss; ", $3, $5, $6}')"
+    xme_log "guest $1: state '$(guest_state "$1")'; vCPUs: $v1 2 s later: $(vcpu_times "$1")"
     xme_log "guest $1: rings: $(xen-mem-event status --domain "$2" 2>&1 | tr '\n' ' ' | cut -c1-400)"
-    tr -d '\r' < "$(guest_log "$1")" 2>/dev/null | tail -n 4 | sed "s/^/[xme $XME_SCENARIO]   $1| /"
+    # A kernel oops: from its first line (up to 40 lines); else the last 4.
+    tr -d '\r' < "$(guest_log "$1")" 2>/dev/null \
+        | awk '/BUG:|Oops|Kernel panic/ && !o {o = 1} o && n++ < 40; {t[NR % 4] = $0}
+               END {if (!o) for (i = NR - 3; i <= NR; i++) if (i > 0) print t[i % 4]}' \
+        | sed "s/^/[xme $XME_SCENARIO]   $1| /"
 }
 
 # guest_cmd NAME COMMAND [TIMEOUT_S]: send one command to memtest and wait

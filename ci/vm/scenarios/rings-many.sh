@@ -155,9 +155,9 @@ xa_events() { grep -c 'CPUID executed' "$R-xen-access.out" 2>/dev/null || true; 
 (
     sleep 1
     t=$(now_ms)
-    guest_cmd "$GB" "cpuid $CPUIDS" 300 > "$R-b-cpuid" 2>&1
+    guest_cmd "$GB" "cpuid $CPUIDS" 300 > "$R-b-cpuid"
     echo "$(( $(now_ms) - t ))" > "$R-b-cpuid-ms"
-    guest_cmd "$GB" verify 120 > "$R-b-verify" 2>&1
+    guest_cmd "$GB" verify 120 > "$R-b-verify"
 ) &
 BJ=$!
 # A's write starts once B's CPUID events flow, so that all four consumers
@@ -185,12 +185,12 @@ counters() {
 }
 read -r c0_in c0_oom c0_uns c0_xa <<< "$(counters)"
 t=$(now_ms)
-wline=$(guest_cmd "$GA" write 240 2>&1) || wline="(no answer: $wline)"
+wline=$(guest_cmd "$GA" write 240) || wline="(no answer)"
 wms=$(( $(now_ms) - t ))
 sleep 0.2   # the watcher's batch timer: records of the last unshares
 read -r c1_in c1_oom c1_uns c1_xa <<< "$(counters)"
 in0=$c0_in in1=$c1_in
-vline=$(guest_cmd "$GA" verify 240 2>&1) || vline="(no answer: $vline)"
+vline=$(guest_cmd "$GA" verify 240) || vline="(no answer)"
 read -r in2 vms <<< "$(xp_in) $(( $(now_ms) - t ))"
 touch "$R-a-done"
 wait "$WJ"
@@ -199,6 +199,7 @@ wait "$BJ"
 stop_tool "$XA"; xarc=$STOP_RC
 XA=''
 bline=$(tail -n 1 "$R-b-cpuid"); bverify=$(tail -n 1 "$R-b-verify")
+: "${bline:=(no answer)}" "${bverify:=(no answer)}"
 
 # ------------------------------------------------------------ 6. checks
 d_in=$((c1_in - c0_in)) d_oom=$((c1_oom - c0_oom)) d_uns=$((c1_uns - c0_uns)) d_xa=$((c1_xa - c0_xa))
