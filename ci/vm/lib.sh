@@ -88,6 +88,7 @@ guest_create() {
         wait_log "$log" '^MEMTEST READY' "${GUEST_BOOT_TIMEOUT:-120}" "$name" || rc=$?
         if [ $rc = 0 ]; then
             GUEST_DOMID=$(guest_domid "$name")
+            echo "$GUEST_DOMID" > "$XME_RUN/$name.domid"
             xme_log "guest $name is domain $GUEST_DOMID, ready in $(( $(date +%s) - t0 ))s (attempt $attempt)"
             return 0
         fi
@@ -140,28 +141,52 @@ guest_why() {
     sleep 2
     xme_log "guest $1: state '$(guest_state "$1")'; vCPUs: $v1 2 s later: $(vcpu_times "$1")"
     xme_log "guest $1: rings: $(xen-mem-event status --domain "$2" 2>&1 | tr '\n' ' ' | cut -c1-400)"
-    # A kernel oops: from its first line (up to 40 lines); else the last 4.
+    console_tail "$1"
+}
+
+# console_tail NAME: the end of the guest's console log (logged): from the
+# first line of a kernel oops (up to 40 lines) if there is one, else the
+# last 4 lines.
+console_tail() {
     tr -d '\r' < "$(guest_log "$1")" 2>/dev/null \
         | awk '/BUG:|Oops|Kernel panic/ && !o {o = 1} o && n++ < 40; {t[NR % 4] = $0}
                END {if (!o) for (i = NR - 3; i <= NR; i++) if (i > 0) print t[i % 4]}' \
         | sed "s/^/[xme $XME_SCENARIO]   $1| /"
 }
 
+# guest_gone NAME: what became of a guest that crashed or vanished (logged):
+# the hypervisor's last lines about its domain (guest_create noted its
+# domid), its last console lines.
+guest_gone() {
+    local d
+    d=$(cat "$XME_RUN/$1.domid" 2>/dev/null) || d=''
+    if [ -n "$d" ]; then
+        xen_log | grep -E "d${d}v[0-9]|d${d}[: ]|[Dd]omain ${d}[ :(]|HVM${d} " | tail -n 8 \
+            | sed "s/^/[xme $XME_SCENARIO]   xen| /"
+    fi
+    console_tail "$1"
+}
+
 # guest_cmd NAME COMMAND [TIMEOUT_S]: send one command to memtest and wait
 # for its answer (the line with 'seq=K'); prints that line.
 guest_cmd() {
-    local name=$1 cmd=$2 t=${3:-60} domid tty seq log line
-    domid=$(guest_domid "$name") || { xme_log "guest $name not running" >&2; return 1; }
+    local name=$1 cmd=$2 t=${3:-60} domid tty seq log line rc=0
+    domid=$(guest_domid "$name") || {
+        xme_log "guest $name not running" >&2
+        guest_gone "$name" >&2
+        return 1
+    }
     tty=$(xenstore-read "/local/domain/$domid/console/tty" 2>/dev/null) || true
     [ -c "$tty" ] || { xme_log "guest $name: no console pty ($tty)" >&2; return 1; }
     seq=$(( $(cat "$XME_RUN/$name.seq" 2>/dev/null || echo 0) + 1 ))
     echo "$seq" > "$XME_RUN/$name.seq"
     log=$(guest_log "$name")
     printf '%s\n' "$cmd" > "$tty"
-    if ! wait_log "$log" "seq=$seq( |\$)" "$t" "$name"; then
-        # stderr: stdout is the caller's answer.
+    wait_log "$log" "seq=$seq( |\$)" "$t" "$name" || rc=$?
+    if [ "$rc" != 0 ]; then
+        # stderr: stdout is the caller's answer.  rc 2: crashed or gone.
         xme_log "guest $name: no answer to '$cmd' (seq $seq) within ${t}s" >&2
-        guest_why "$name" "$domid" >&2
+        if [ "$rc" = 2 ]; then guest_gone "$name" >&2; else guest_why "$name" "$domid" >&2; fi
         return 1
     fi
     line=$(tr -d '\r' < "$log" | grep -E "seq=$seq( |\$)" | tail -n 1)
