@@ -14,7 +14,7 @@
 #
 # Usage: ci/run-vm.sh [--scenarios a+b|all] [--timeout S] [--shell] [--accel kvm|tcg]
 #   env: XME_SCENARIOS, XME_VM_TIMEOUT (default 1500 s), XME_SCENARIO_TIMEOUT
-#        (default 600 s), XME_ACCEL, XME_QUIET=1 (do not stream the console),
+#        (default 900 s), XME_ACCEL, XME_QUIET=1 (do not stream the console),
 #        XME_XEN_EXTRA (more hypervisor command line options)
 # Exit: 0 all passed, 1 a check failed / no XME-DONE / hypervisor error,
 #       2 usage or missing build products.
@@ -24,7 +24,7 @@ XME_LOG_TAG=run-vm
 
 scenarios=${XME_SCENARIOS:-all}
 vm_timeout=${XME_VM_TIMEOUT:-1500}
-sc_timeout=${XME_SCENARIO_TIMEOUT:-600}
+sc_timeout=${XME_SCENARIO_TIMEOUT:-900}
 accel=${XME_ACCEL:-auto}
 shell=0
 while [ $# -gt 0 ]; do
