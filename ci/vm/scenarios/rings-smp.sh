@@ -69,12 +69,13 @@ all=$(jcount "$R-pager.jsonl" oom)
 paused=$(ring_field "$D" SHARING_OOM paused_vcpus)
 bad=$(ring_field "$D" SHARING_OOM bad_responses)
 # Each copy and each page made private consumes one page of allowance
-# (rings-oom): $copies + $pages consumptions, each needing at least one event
-# (one vCPU alone: exactly one).  With two vCPUs a grant can be consumed by
-# the other vCPU before the answered one retries, which then faults again:
-# the policy of both vCPUs' events may run before either retries.  A vCPU
-# paused on an event faults again only after a consumption, so each
-# consumption follows at most one event per vCPU: at most 2 per consumption.
+# (rings-oom): $copies + $pages consumptions; every copy needs an event, and
+# one vCPU alone raises at most one per consumption.  With two vCPUs a grant
+# can be consumed by the other vCPU before the answered one retries, which
+# then faults again: the policies of both vCPUs' events may run before
+# either retries.  A vCPU paused on an event faults again only after a
+# consumption, so each consumption follows at most one event per vCPU: at
+# most 2 per consumption.
 most=$((2 * (copies + pages)))
 if [ "$v0" -gt 0 ] && [ "$v1" -gt 0 ] && [ "$ooms" = "$all" ] && [ "$ooms" -ge "$copies" ] \
    && [ "$ooms" -le "$most" ] && [ "$paused" = 0 ] && [ "$bad" = 0 ]; then
