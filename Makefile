@@ -14,7 +14,7 @@ BUILD  := $(TOP)/build
 XEN    := $(BUILD)/xen
 CARGO  ?= cargo
 
-# Whole VM run (boot + every scenario), seconds; each scenario has 900 s.
+# Whole VM run (boot + every scenario), seconds; each scenario has 1200 s.
 # A guard against hangs, not a budget: in a slow phase of this host the 193
 # checks took 41 min (2026-12-02; 19-23 min usually), and a run killed at
 # 40 min had passed every check it reached.  50 min, plus the ~18 min before

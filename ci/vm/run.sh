@@ -5,7 +5,7 @@
 #   xme.scenarios=a+b+c   scenarios to run, in order ('all': every script in
 #                         /opt/xme/scenarios, sorted; 'shell': interactive
 #                         root shell on the console, no tests)
-#   xme.timeout=S         per-scenario timeout (default 900)
+#   xme.timeout=S         per-scenario timeout (default 1200)
 # Prints 'XME-RESULT <scenario>.<check> PASS|FAIL <details>' lines and
 # finally 'XME-DONE pass=N fail=M'.  The unit powers the VM off afterwards.
 set -uo pipefail
@@ -16,7 +16,7 @@ param() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^$1=//p" | tail -n 1; }
 scenarios=$(param xme.scenarios)
 scenarios=${scenarios:-compat-legacy}
 per_timeout=$(param xme.timeout)
-per_timeout=${per_timeout:-900}
+per_timeout=${per_timeout:-1200}
 
 echo "XME-BEGIN scenarios=$scenarios uptime=$(cut -d' ' -f1 /proc/uptime)s"
 rm -f "$XME_RUN/results"

@@ -53,7 +53,7 @@ run() {
     churn 0 1
     # Two more full scans without churn, then stop.
     fs=$(sfield "$out" full_scans)
-    wait_for 120 sh -c "[ \"\$(grep -F '\"kind\":\"interval\"' '$out' | tail -n 1 | sed -n 's/.*\"full_scans\":\([0-9]*\).*/\1/p')\" -ge $(( ${fs:-0} + 2 )) ]"
+    wait_for 300 sh -c "[ \"\$(grep -F '\"kind\":\"interval\"' '$out' | tail -n 1 | sed -n 's/.*\"full_scans\":\([0-9]*\).*/\1/p')\" -ge $(( ${fs:-0} + 2 )) ]"
     stop_tool "$pid"
     rc=$STOP_RC
     xme_log "$mode: the daemon's status lines"

@@ -56,8 +56,8 @@ else
     result managed FAIL "$(grep -F refused "$R.jsonl" | tr '\n' ' ') $(tr '\n' ' ' < "$R.err")"
     kill -INT "$S"; cleanup; exit 1
 fi
-if ! sharing=$(share_settle "$R.jsonl" 300); then
-    result settle FAIL "no two quiet full scans within 300 s; last: $(grep -F interval "$R.jsonl" | tail -n 1)"
+if ! sharing=$(share_settle "$R.jsonl" 600); then
+    result settle FAIL "no two quiet full scans within 600 s; last: $(grep -F interval "$R.jsonl" | tail -n 1)"
     kill -INT "$S"; cleanup; exit 1
 fi
 result settle PASS "$sharing pages sharing after $(( ($(now_ms) - t0) / 1000 )) s, $(sfield "$R.jsonl" full_scans) full scans, $(sfield "$R.jsonl" pages_scanned) pages scanned"
@@ -118,7 +118,7 @@ if kill -0 "$S" 2>/dev/null && [ "${ra1:-0}" -ge "$want" ] && [ "$ooms" -ge 1 ];
 else
     result daemon-beside-pager FAIL "daemon alive: $(kill -0 "$S" 2>/dev/null && echo yes || echo no), records applied $ra0 -> $ra1 (want >= $want), OOM events answered $ooms"
 fi
-sharing2=$(share_settle "$R.jsonl" 120) || sharing2="(not settled)"
+sharing2=$(share_settle "$R.jsonl" 300) || sharing2="(not settled)"
 xme_log "after the write: $sharing2 pages sharing"
 
 # ------------------------------------------------------------ 5. stop
