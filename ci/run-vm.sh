@@ -152,6 +152,8 @@ fi
 npf=$(grep -ac 'TEST: #PF' "$clean" || true)
 ndied=$(grep -acE 'TEST: d[0-9]+v[0-9]+ (halted|shut down)' "$clean" || true)
 echo "test hypervisor: $npf #PF(s) not the guest's, not reflected; $ndied guest vCPU(s) died at once"
+voids=$(grep -a 'VOID ATTEMPT:' "$clean" | sed -n 's/^\[xme \([^]]*\)\].*/\1/p' | paste -sd ' ')
+echo "void runs (a guest died; run once more): ${voids:-none}"
 if [ "$npass" = 0 ]; then
     echo "FAILED: no PASS results at all"
     verdict=1

@@ -401,36 +401,63 @@ stop_tool() {
 fail=0
 result() { xme_result "$@"; [ "$2" = PASS ] || fail=1; }
 
+# replay_results FILE: report the results held back in FILE (XME_DEFER).
+replay_results() {
+    local check verdict details
+    [ -f "$1" ] || return 0
+    while read -r check verdict details; do
+        xme_result "$check" "$verdict" "$details"
+    done < "$1"
+}
+
+# attempt_void FILE RC ERRS0 [silent]: whether a run whose results were
+# held back in FILE, and that exited RC, is void: it failed, a guest died
+# under it (crashed or vanished; with 'silent', also stopped answering:
+# guest_cmd notes these in $XME_RUN/NAME.died), no guest's memtest reported
+# bad data, and the hypervisor reported no error beyond the ERRS0 lines of
+# xen_console_errors it had reported before.  Prints why.
+attempt_void() {
+    local file=$1 rc=$2 errs0=$3 re='crashed or gone|not running' f n why=''
+    [ "${4:-}" = silent ] && re="$re|silent"
+    [ "$rc" != 0 ] || grep -q '^[^ ]* FAIL' "$file" 2>/dev/null || return 1
+    for f in "$XME_RUN"/*.died; do
+        [ -f "$f" ] && grep -qE "$re" "$f" || continue
+        n=$(basename "$f" .died)
+        grep -qE '^MEMTEST (FAIL|BAD)' "$(guest_log "$n")" 2>/dev/null && return 1
+        why="$why guest $n: $(paste -sd ';' "$f");"
+    done
+    [ -n "$why" ] || return 1
+    [ "$(xen_console_errors | wc -l)" = "$errs0" ] || return 1
+    echo "$why"
+}
+
 # retry_if_guest_died NAME FUNCTION: run FUNCTION (a scenario's body, in a
-# subshell: it may exit) with its results held back.  If it failed and
-# guest NAME had died or stopped answering (guest_cmd noted it), while
-# memtest never reported bad data and the hypervisor reported no error,
-# the attempt is void: its results are logged, not reported, and FUNCTION
-# runs once more, this time reported as it goes.  Otherwise its results
-# are reported as they were.  Returns FUNCTION's status.
+# subshell: it may exit) with its results held back.  If the attempt is
+# void (attempt_void, silence included: guest NAME stopped answering), its
+# results are logged, not reported, and FUNCTION runs once more, reported
+# as it goes.  Otherwise its results are reported as they were.  Returns
+# FUNCTION's status.
 #
-# For the paging scenarios only: under QEMU TCG a guest with part of its
-# memory paged out by xenpaging dies or hangs now and then (about 1 run in
-# 8: triple faults, oopses, silence), in Xen's paging code, which the
-# series does not touch, and xenpaging.  A second death fails the check.
+# For compat-paging: under QEMU TCG a guest with part of its memory paged
+# out by xenpaging dies or hangs now and then (about 1 run in 8: triple
+# faults, oopses, silence), in Xen's paging code, which the series does
+# not touch, and xenpaging.  (run.sh gives every scenario one more run when
+# a guest crashed or vanished; silence is voided only here.)  A second
+# death fails the check.
 retry_if_guest_died() {
     local name=$1 body=$2 defer=$XME_RUN/$XME_SCENARIO.attempt1 rc errs0 why
     rm -f "$defer" "$XME_RUN/$name.died"
     errs0=$(xen_console_errors | wc -l)
     (XME_DEFER=$defer "$body")
     rc=$?
-    why=$(cat "$XME_RUN/$name.died" 2>/dev/null | paste -sd ';')
-    if [ "$rc" = 0 ] || [ -z "$why" ] ||
-       grep -qE '^MEMTEST (FAIL|BAD)' "$(guest_log "$name")" 2>/dev/null ||
-       [ "$(xen_console_errors | wc -l)" != "$errs0" ]; then
-        while read -r check verdict details; do
-            xme_result "$check" "$verdict" "$details"
-        done < "$defer"
+    if ! why=$(attempt_void "$defer" "$rc" "$errs0" silent); then
+        replay_results "$defer"
         return "$rc"
     fi
-    xme_log "VOID ATTEMPT: guest $name died or went silent ($why); its results, not counted:"
+    xme_log "VOID ATTEMPT:$why its results, not counted:"
     sed "s/^/[xme $XME_SCENARIO]   attempt 1: /" "$defer"
     guest_destroy "$name"
+    rm -f "$XME_RUN/$name.died"
     xme_log "running the scenario once more, with a new guest"
     ("$body")
 }

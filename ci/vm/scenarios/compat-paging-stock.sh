@@ -21,10 +21,20 @@ pout=$XME_RUN/xenpaging-stock-$D.out
 xp=$!
 sleep 3
 before=$(tot_kb "$G")
+if [ -z "$before" ]; then
+    echo "not running before the page-out" >> "$XME_RUN/$G.died"
+    result page-out FAIL "guest $G is gone"
+    guest_gone "$G"
+    kill -KILL "$xp" 2>/dev/null
+    exit 1
+fi
 target=$(( before - OUT_MB * 1024 ))
 xenstore-write "/local/domain/$D/memory/target-tot_pages" "$target"
-wait_for 60 sh -c "[ \$(xl list $D | awk 'NR == 2 {print \$3 * 1024}') -le $target ]"
-result page-out PASS "stock xenpaging paged ${before} kB -> $(tot_kb "$G") kB"
+if wait_for 60 sh -c "[ \$(xl list $D | awk 'NR == 2 {print \$3 * 1024}') -le $target ]"; then
+    result page-out PASS "stock xenpaging paged ${before} kB -> $(tot_kb "$G") kB"
+else
+    result page-out FAIL "${before} kB -> $(tot_kb "$G") kB, target $target not reached in 60 s"
+fi
 
 # The guest touches its memory: the paged-out pages never come back.
 line=$(guest_cmd "$G" verify 30) || line=""
