@@ -107,7 +107,7 @@ for s in "${list[@]}"; do
     t0=$(date +%s)
     run_scenario "$s" "$f"
     # A guest that crashes or vanishes under TCG (see ci/README.md) voids
-    # the run: one more, reported as it goes.
+    # the run: it runs once more, and only that run is reported.
     if why=$(attempt_void "$XME_RUN/$s.results" "$rc" "$errs0"); then
         XME_SCENARIO=$s xme_log "VOID ATTEMPT:$why its results, not counted:"
         sed "s/^/[xme $s]   attempt 1: /" "$XME_RUN/$s.results"
