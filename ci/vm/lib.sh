@@ -12,8 +12,8 @@ mkdir -p "$XME_RUN"
 
 # ------------------------------------------------------------------ output
 # One machine-readable line per check: XME-RESULT <scenario>.<check> PASS|FAIL <details>
-# With XME_DEFER set (retry_if_guest_died), the line goes to that file
-# instead, to be reported or voided later.
+# With XME_DEFER set (run.sh's run_scenario, retry_if_guest_died), the
+# line goes to that file instead, to be reported or voided later.
 xme_result() {      # xme_result CHECK PASS|FAIL DETAILS...
     local check=$1 verdict=$2
     shift 2
@@ -434,8 +434,8 @@ attempt_void() {
 # retry_if_guest_died NAME FUNCTION: run FUNCTION (a scenario's body, in a
 # subshell: it may exit) with its results held back.  If the attempt is
 # void (attempt_void, silence included: guest NAME stopped answering), its
-# results are logged, not reported, and FUNCTION runs once more, reported
-# as it goes.  Otherwise its results are reported as they were.  Returns
+# results are logged, not reported, and FUNCTION runs once more, its
+# results reported (to run.sh's held-back file).  Otherwise its results are reported as they were.  Returns
 # FUNCTION's status.
 #
 # For compat-paging: under QEMU TCG a guest with part of its memory paged
