@@ -28,7 +28,8 @@ XEN_FLAVOUR := release
 endif
 
 .PHONY: all deps xen-src xen xen-debug xen-release xen-libs series-check \
-        check harness-asan fuzz fuzz-smoke bench bench-smoke test run vm-image vm-test vm-bench vm-shell \
+        check ci-check harness-asan fuzz fuzz-smoke bench bench-smoke test run vm-image vm-test \
+        vm-bench vm-shell \
         clean help
 
 all: xen xen-libs check
@@ -96,15 +97,19 @@ bench: xen-src
 bench-smoke: xen-src
 	$(CARGO) run --locked -p xen-mem-event-bench --bin xme-bench -- --smoke
 
-test: deps series-check xen-release xen-debug xen-libs check harness-asan fuzz-smoke bench-smoke deb upstream-check vm-test
+test: deps ci-check series-check xen-release xen-debug xen-libs check harness-asan fuzz-smoke bench-smoke deb upstream-check vm-test
 	@echo "make test: all tiers passed"
 
 ## The VM tier: debug Xen (+ ci/xen-test-patches), Debian dom0, test guests.
 vm-image: xen-src
 	@bash ci/vm-image.sh
 
+## The CI scripts' own tests (no VM): the VM run's verdict on canned logs.
+ci-check:
+	@bash ci/tests/vm-verdict.sh
+
 ## Every scenario of ci/vm/scenarios; fails on any FAIL or hypervisor error.
-vm-test: vm-image
+vm-test: ci-check vm-image
 	@XME_QUIET=$(if $(CI),1,$(XME_QUIET)) bash ci/run-vm.sh --scenarios all --timeout $(VM_TIMEOUT)
 
 ## The main job: boot the VM, attach both consumers to a guest, trigger
