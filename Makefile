@@ -15,10 +15,10 @@ XEN    := $(BUILD)/xen
 CARGO  ?= cargo
 
 # Whole VM run (boot + every scenario), seconds; each scenario has 1200 s.
-# A guard against hangs, not a budget: in a slow phase of this host the 193
-# checks took 41 min (2026-12-02; 19-23 min usually), and a run killed at
-# 40 min had passed every check it reached.  50 min, plus the ~18 min before
-# the VM tier, stays inside CI's 90.
+# A guard against hangs, not a budget: the 18 scenarios take 19-35 min
+# under TCG on 2 cores (2026-12-03: 35 min, three early guest triple faults
+# retried); 50 min, plus the 15-25 min before the VM tier, stays inside
+# CI's 90.
 VM_TIMEOUT ?= 3000
 
 ifeq ($(DEBUG),y)
