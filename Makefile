@@ -19,7 +19,8 @@ CARGO  ?= cargo
 # TCG on 2 cores (2026-12-03), and more than 50 min on the same host an
 # hour later (steal time, a voided service run, five early guest triple
 # faults retried: killed at 50 min inside share-daemon with 168 checks
-# passed, 0 failed).  60 min, plus the ~16 min before the VM tier, stays
+# passed, 0 failed).  60 min, plus the 16 min before the VM tier (28 min
+# on a machine that still has to install packages and debootstrap), stays
 # inside CI's 90.
 VM_TIMEOUT ?= 3600
 

@@ -6,12 +6,8 @@
 #
 # The serial console (Xen + dom0's hvc0 + the test driver) is streamed to the
 # terminal and saved in build/vm/logs/<timestamp>/serial.log (and
-# build/vm/logs/latest).  Afterwards the log is checked (ci/vm-verdict.sh,
-# tested by ci/tests/vm-verdict.sh):
-#   - every 'XME-RESULT <check> PASS|FAIL ...' line; any FAIL fails the run
-#   - 'XME-DONE' must be present (else: timeout, hang or crash)
-#   - hypervisor failures ('(XEN)' lines): Assertion/BUG/WARN/FATAL/Panic on
-#     CPU/Xen call trace
+# build/vm/logs/latest).  Afterwards ci/vm-verdict.sh (tested by
+# ci/tests/vm-verdict.sh) checks the log and gives the exit status.
 #
 # Usage: ci/run-vm.sh [--scenarios a+b|all] [--timeout S] [--shell] [--accel kvm|tcg]
 #   env: XME_SCENARIOS, XME_VM_TIMEOUT (default 1500 s), XME_SCENARIO_TIMEOUT
